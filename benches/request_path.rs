@@ -1,0 +1,103 @@
+//! Request-path functions, one benchmark each: host allow-list, path normalisation, route
+//! lookup, header hygiene and request ids. Run with `cargo bench --bench request_path`.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderName, HeaderValue, Method};
+use pingora::http::RequestHeader;
+use portcullis::pipeline::client::TrustedProxies;
+use portcullis::pipeline::forward::{prepare_upstream_request, Forwarding};
+use portcullis::pipeline::host::{HostAllowList, HostPattern};
+use portcullis::pipeline::route::{AuthMode, Route, RouteTable};
+use portcullis::pipeline::{path, request_id};
+
+fn request(path: &str, host: &str) -> RequestHeader {
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+    req.insert_header("host", host).unwrap();
+    req.insert_header("user-agent", "bench/1.0").unwrap();
+    req.insert_header("accept", "application/json").unwrap();
+    req.insert_header("x-api-key", "pk_0123456789abcdef").unwrap();
+    req
+}
+
+fn hosts(c: &mut Criterion) {
+    let patterns = ["localhost", "127.0.0.1", "api.example.com", "*.example.com", "*.internal.example.net"];
+    let list = HostAllowList::from_patterns(patterns.iter().map(|p| HostPattern::parse(p).unwrap()));
+    let exact = request("/", "API.example.com:8443");
+    let wildcard = request("/", "a.b.example.com");
+    let denied = request("/", "example.com.evil.net");
+    let mut g = c.benchmark_group("host");
+    g.bench_function("exact", |b| b.iter(|| list.check(black_box(&exact)).is_ok()));
+    g.bench_function("wildcard", |b| b.iter(|| list.check(black_box(&wildcard)).is_ok()));
+    g.bench_function("denied", |b| b.iter(|| list.check(black_box(&denied)).is_err()));
+    g.finish();
+}
+
+fn paths(c: &mut Criterion) {
+    let mut g = c.benchmark_group("path");
+    g.bench_function("canonical", |b| b.iter(|| path::normalize(black_box("/api/v1/models/42")).is_ok()));
+    g.bench_function("rewritten", |b| b.iter(|| path::normalize(black_box("/api//v1/./%6dodels/x/../42")).is_ok()));
+    g.bench_function("refused", |b| b.iter(|| path::normalize(black_box("/api/v1/models%2f42")).is_err()));
+    g.finish();
+}
+
+fn routes(c: &mut Criterion) {
+    let mut routes = Vec::new();
+    for i in 0..50 {
+        routes.push(Route {
+            name: format!("r{i}").into(),
+            host: None,
+            path: format!("/api/v{}/service{}", i % 3, i).into(),
+            methods: Some(vec![Method::GET, Method::POST]),
+            upstream: 0,
+            auth: AuthMode::None,
+        });
+    }
+    routes.push(Route {
+        name: "models".into(),
+        host: None,
+        path: "/api/v1/models".into(),
+        methods: Some(vec![Method::GET, Method::HEAD]),
+        upstream: 0,
+        auth: AuthMode::None,
+    });
+    let table = RouteTable::new(routes);
+    let mut g = c.benchmark_group("route");
+    g.bench_function("hit_50_routes", |b| {
+        b.iter(|| table.lookup(black_box("api.example.com"), black_box("/api/v1/models/42/versions/3"), &Method::GET))
+    });
+    g.bench_function("miss_50_routes", |b| {
+        b.iter(|| table.lookup(black_box("api.example.com"), black_box("/other/path/entirely"), &Method::GET))
+    });
+    g.finish();
+}
+
+fn forwarding(c: &mut Criterion) {
+    let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+    let base = request("/api/v1/models/42", "api.example.com");
+    let host = HeaderValue::from_static("api.example.com");
+    let name = HeaderName::from_static("x-request-id");
+    let id = request_id::generate();
+    let fwd = Forwarding {
+        peer: "203.0.113.9".parse().unwrap(),
+        scheme: "https",
+        host: &host,
+        canonical_path: None,
+        request_id: (&name, &id),
+    };
+    let mut g = c.benchmark_group("forward");
+    g.bench_function("prepare_upstream_request", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut req| prepare_upstream_request(&mut req, &proxies, &fwd).is_ok(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("request_id_generate", |b| b.iter(request_id::generate));
+    g.finish();
+}
+
+criterion_group!(benches, hosts, paths, routes, forwarding);
+criterion_main!(benches);

@@ -1,0 +1,531 @@
+//! The validated, typed configuration: what the request path reads.
+//!
+//! [`build`] is the only way to make a [`Config`]: every value is parsed here once (durations,
+//! sizes, addresses, host patterns, methods, header names), every cross-reference checked (a
+//! route's upstream exists, its host is allowed), and every problem reported with its key. The
+//! request path then only looks things up.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+
+use super::file::{FileConfig, RouteSection, UpstreamSection};
+use super::units::{parse_duration, parse_size};
+use super::{ConfigErrors, Problems, Sources};
+use crate::pipeline::client::TrustedProxies;
+use crate::pipeline::host::{HostAllowList, HostPattern};
+use crate::pipeline::path;
+use crate::pipeline::route::{AuthMode, Route, RouteTable};
+use crate::pipeline::upstream::{Targets, Upstream};
+
+/// `server.max_body_size` when unset: large enough for API payloads, small enough to refuse
+/// uploads nobody configured for.
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 10 * 1024 * 1024;
+/// `server.request_id_header` when unset.
+pub const DEFAULT_REQUEST_ID_HEADER: &str = "x-request-id";
+/// `server.shutdown_grace` when unset.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `server.upstream_keepalive_pool_size` when unset. Pingora's own default (128) causes
+/// reconnect storms once more than 128 connections are busy.
+pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
+/// `upstream.connect_timeout` when unset.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// `upstream.read_timeout` when unset.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// `upstream.write_timeout` when unset.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `upstream.idle_timeout` when unset: below the usual 60–75 s of backend keep-alive timeouts,
+/// so the gateway drops an idle connection before the backend does.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// `log.level` when unset.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// The target that makes the gateway answer with the request it would forward.
+pub const ECHO_TARGET: &str = "builtin:echo";
+
+/// Where the gateway runs: production refuses unsafe settings (operations issue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// The default.
+    Development,
+    /// Strict.
+    Production,
+}
+
+/// A validated configuration: the process settings fixed at start, and the runtime state that a
+/// reload may swap.
+#[derive(Debug)]
+pub struct Config {
+    /// The files it was loaded from.
+    pub files: Vec<PathBuf>,
+    /// Settings that need a restart to change.
+    pub process: ProcessSettings,
+    /// The state each request reads.
+    pub runtime: Arc<Runtime>,
+}
+
+/// Process-wide settings read once at start.
+#[derive(Debug)]
+pub struct ProcessSettings {
+    /// Worker threads per listener group.
+    pub threads: usize,
+    /// Idle upstream connections kept for reuse.
+    pub upstream_keepalive_pool_size: usize,
+    /// How long in-flight requests may finish on stop.
+    pub shutdown_grace: Duration,
+    /// The listeners.
+    pub listeners: Vec<Listener>,
+    /// Log filter (`info`, `debug`, ...).
+    pub log_level: String,
+}
+
+/// One validated `[[listener]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Bound address.
+    pub address: SocketAddr,
+    /// Accept HTTP/2 with prior knowledge.
+    pub h2c: bool,
+}
+
+/// The state each request reads, swapped whole on reload.
+#[derive(Debug)]
+pub struct Runtime {
+    /// development or production.
+    pub environment: Environment,
+    /// Host allow-list.
+    pub hosts: HostAllowList,
+    /// Trusted proxies.
+    pub trusted_proxies: TrustedProxies,
+    /// Largest request body in bytes.
+    pub max_body_size: u64,
+    /// Request id header name.
+    pub request_id_header: HeaderName,
+    /// Routes.
+    pub routes: RouteTable,
+    /// Upstreams, indexed by `Route::upstream`.
+    pub upstreams: Vec<Upstream>,
+}
+
+/// Validates a parsed configuration.
+pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Result<Config, ConfigErrors> {
+    let mut p = Problems::new(sources);
+    refuse_unsupported(file, &mut p);
+
+    let server = &file.server;
+    let environment = match server.environment.as_deref() {
+        None | Some("development") => Environment::Development,
+        Some("production") => Environment::Production,
+        Some(other) => {
+            p.push(
+                "server.environment",
+                format!("\"{other}\" is not an environment"),
+                "use \"development\" or \"production\"",
+            );
+            Environment::Development
+        }
+    };
+
+    let hosts = build_hosts(server.allowed_hosts.as_deref(), &mut p);
+    let trusted_proxies = build_trusted_proxies(server.trusted_proxies.as_deref().unwrap_or(&[]), &mut p);
+    let max_body_size = match server.max_body_size.as_deref().map(parse_size) {
+        None => DEFAULT_MAX_BODY_SIZE,
+        Some(Ok(n)) if n > 0 => n,
+        Some(Ok(_)) => {
+            p.push(
+                "server.max_body_size",
+                "is zero, which refuses every request body",
+                "give a size such as \"10MiB\"",
+            );
+            DEFAULT_MAX_BODY_SIZE
+        }
+        Some(Err(e)) => {
+            p.push("server.max_body_size", e, "give a size such as \"10MiB\", \"512KiB\" or \"1048576\"");
+            DEFAULT_MAX_BODY_SIZE
+        }
+    };
+    let request_id_header = match server.request_id_header.as_deref() {
+        None => HeaderName::from_static(DEFAULT_REQUEST_ID_HEADER),
+        Some(name) => HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|_| {
+            p.push(
+                "server.request_id_header",
+                format!("\"{name}\" is not a header name"),
+                "use a name such as \"X-Request-Id\"",
+            );
+            HeaderName::from_static(DEFAULT_REQUEST_ID_HEADER)
+        }),
+    };
+    if request_id_header.as_str().starts_with(crate::pipeline::forward::IDENTITY_HEADER_PREFIX) {
+        p.push(
+            "server.request_id_header",
+            "is an X-Auth-* name, which the gateway strips",
+            "use a name such as \"X-Request-Id\"",
+        );
+    }
+    let shutdown_grace =
+        duration(&mut p, "server.shutdown_grace", server.shutdown_grace.as_deref(), DEFAULT_SHUTDOWN_GRACE);
+    let threads = match server.threads {
+        Some(0) => {
+            p.push("server.threads", "is 0", "give at least 1, or remove it to use one thread per core");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let upstream_keepalive_pool_size =
+        server.upstream_keepalive_pool_size.unwrap_or(DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE);
+
+    let listeners = build_listeners(file, &mut p);
+    let log_level = build_log_level(file, &mut p);
+    let (upstreams, upstream_index) = build_upstreams(&file.upstream, &mut p);
+    let routes = build_routes(&file.route, &upstream_index, &hosts, &mut p);
+
+    let runtime = Runtime {
+        environment,
+        hosts,
+        trusted_proxies,
+        max_body_size,
+        request_id_header,
+        routes: RouteTable::new(routes),
+        upstreams,
+    };
+    let process = ProcessSettings { threads, upstream_keepalive_pool_size, shutdown_grace, listeners, log_level };
+    p.finish(Config { files, process, runtime: Arc::new(runtime) })
+}
+
+/// Tables and keys whose stage this version does not have: refused, never ignored.
+fn refuse_unsupported(file: &FileConfig, p: &mut Problems<'_>) {
+    if file.admin.is_some() {
+        p.unsupported("admin", "the [admin] listener (metrics and health endpoints)");
+    }
+    if file.cors.is_some() {
+        p.unsupported("cors", "CORS");
+    }
+    if !file.rate_limit.is_empty() {
+        p.unsupported("rate_limit[0]", "rate limiting");
+    }
+    if file.auth.is_some() {
+        p.unsupported("auth", "authentication ([auth])");
+    }
+    if let Some(log) = &file.log {
+        if log.access.as_deref().is_some_and(|v| v != "off") {
+            p.unsupported("log.access", "the access log");
+        }
+        if log.audit.as_deref().is_some_and(|v| v != "off") {
+            p.unsupported("log.audit", "the audit log");
+        }
+    }
+    for (i, l) in file.listener.iter().enumerate() {
+        if l.tls.is_some() {
+            p.unsupported(&format!("listener[{i}].tls"), "TLS termination");
+        }
+        if l.redirect_https.is_some_and(|r| r) {
+            p.unsupported(&format!("listener[{i}].redirect_https"), "the HTTPS redirect");
+        }
+    }
+    for (i, u) in file.upstream.iter().enumerate() {
+        if u.tls.is_some() {
+            p.unsupported(&format!("upstream[{i}].tls"), "TLS to upstreams");
+        }
+        if u.health_check.is_some() {
+            p.unsupported(&format!("upstream[{i}].health_check"), "upstream health checks");
+        }
+    }
+}
+
+fn duration(p: &mut Problems<'_>, key: &str, value: Option<&str>, default: Duration) -> Duration {
+    match value.map(parse_duration) {
+        None => default,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            p.push(key, "is zero", "give a positive duration such as \"30s\"");
+            default
+        }
+        Some(Err(e)) => {
+            p.push(key, e, "give a duration such as \"250ms\", \"30s\", \"10m\" or \"1h\"");
+            default
+        }
+    }
+}
+
+fn build_hosts(allowed: Option<&[String]>, p: &mut Problems<'_>) -> HostAllowList {
+    let Some(allowed) = allowed else {
+        p.push(
+            "server.allowed_hosts",
+            "is missing: the gateway would serve no host",
+            "list the names clients use, e.g. allowed_hosts = [\"localhost\", \"api.example.com\"]",
+        );
+        return HostAllowList::default();
+    };
+    if allowed.is_empty() {
+        p.push("server.allowed_hosts", "is empty: the gateway would serve no host", "list the names clients use");
+    }
+    let mut patterns = Vec::new();
+    for (i, entry) in allowed.iter().enumerate() {
+        match HostPattern::parse(entry) {
+            Ok(pattern) => patterns.push(pattern),
+            Err(e) => {
+                p.push(&format!("server.allowed_hosts[{i}]"), e, "write a host name, \"*.example.com\", or \"*\"")
+            }
+        }
+    }
+    HostAllowList::from_patterns(patterns)
+}
+
+fn build_trusted_proxies(entries: &[String], p: &mut Problems<'_>) -> TrustedProxies {
+    let mut nets = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let parsed = entry.parse::<IpNet>().or_else(|_| entry.parse::<IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net),
+            Err(_) => p.push(
+                &format!("server.trusted_proxies[{i}]"),
+                format!("\"{entry}\" is not an IP network"),
+                "write a CIDR block such as \"10.0.0.0/8\" or an address such as \"192.0.2.7\"",
+            ),
+        }
+    }
+    TrustedProxies::new(nets)
+}
+
+fn build_listeners(file: &FileConfig, p: &mut Problems<'_>) -> Vec<Listener> {
+    if file.listener.is_empty() {
+        p.push("listener", "no [[listener]] is configured", "add one, e.g. [[listener]] address = \"127.0.0.1:8080\"");
+    }
+    let mut listeners: Vec<Listener> = Vec::new();
+    for (i, l) in file.listener.iter().enumerate() {
+        let key = format!("listener[{i}].address");
+        let Some(address) = &l.address else {
+            p.push(&key, "is missing", "give the IP and port to listen on, e.g. \"127.0.0.1:8080\"");
+            continue;
+        };
+        match address.parse::<SocketAddr>() {
+            Ok(addr) if listeners.iter().any(|other| other.address == addr) => {
+                p.push(&key, format!("{addr} is listed twice"), "remove the duplicate [[listener]]")
+            }
+            Ok(addr) => listeners.push(Listener { address: addr, h2c: l.h2c.unwrap_or(false) }),
+            Err(_) => p.push(
+                &key,
+                format!("\"{address}\" is not an IP:port"),
+                "write an IP address and port such as \"127.0.0.1:8080\" or \"[::]:8080\"",
+            ),
+        }
+    }
+    listeners
+}
+
+fn build_log_level(file: &FileConfig, p: &mut Problems<'_>) -> String {
+    let level = file.log.as_ref().and_then(|l| l.level.clone()).unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string());
+    if !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
+        p.push("log.level", format!("\"{level}\" is not a log level"), "use error, warn, info, debug or trace");
+    }
+    level
+}
+
+fn build_upstreams(sections: &[UpstreamSection], p: &mut Problems<'_>) -> (Vec<Upstream>, HashMap<String, usize>) {
+    let mut upstreams = Vec::new();
+    let mut index = HashMap::new();
+    for (i, u) in sections.iter().enumerate() {
+        let key = |k: &str| format!("upstream[{i}].{k}");
+        let Some(name) = u.name.as_deref().filter(|n| !n.is_empty()) else {
+            p.push(&key("name"), "is missing", "give every [[upstream]] a name that routes refer to");
+            continue;
+        };
+        if index.contains_key(name) {
+            p.push(&key("name"), format!("\"{name}\" names two upstreams"), "give each [[upstream]] its own name");
+            continue;
+        }
+        let targets = build_targets(u.targets.as_deref(), &key("targets"), p);
+        let upstream = Upstream::new(
+            name.into(),
+            targets,
+            duration(p, &key("connect_timeout"), u.connect_timeout.as_deref(), DEFAULT_CONNECT_TIMEOUT),
+            duration(p, &key("read_timeout"), u.read_timeout.as_deref(), DEFAULT_READ_TIMEOUT),
+            duration(p, &key("write_timeout"), u.write_timeout.as_deref(), DEFAULT_WRITE_TIMEOUT),
+            duration(p, &key("idle_timeout"), u.idle_timeout.as_deref(), DEFAULT_IDLE_TIMEOUT),
+        );
+        index.insert(name.to_string(), upstreams.len());
+        upstreams.push(upstream);
+    }
+    (upstreams, index)
+}
+
+fn build_targets(targets: Option<&[String]>, key: &str, p: &mut Problems<'_>) -> Targets {
+    let fix = "list \"IP:port\" or \"host:port\" targets, or \"builtin:echo\"";
+    let targets = match targets {
+        Some(t) if !t.is_empty() => t,
+        _ => {
+            p.push(key, "is missing or empty", fix);
+            return Targets::Servers(Vec::new());
+        }
+    };
+    if targets.iter().any(|t| t == ECHO_TARGET) {
+        if targets.len() > 1 {
+            p.push(key, "mixes builtin:echo with servers", "use builtin:echo alone, or only servers");
+        }
+        return Targets::Echo;
+    }
+    let mut servers = Vec::new();
+    for (j, target) in targets.iter().enumerate() {
+        // Resolved once here: the request path never waits on DNS. A reload resolves again.
+        match target.to_socket_addrs().map(|mut addrs| addrs.next()) {
+            Ok(Some(addr)) => servers.push(addr),
+            _ => p.push(&format!("{key}[{j}]"), format!("\"{target}\" is not a reachable address"), fix),
+        }
+    }
+    Targets::Servers(servers)
+}
+
+fn build_routes(
+    sections: &[RouteSection],
+    upstream_index: &HashMap<String, usize>,
+    hosts: &HostAllowList,
+    p: &mut Problems<'_>,
+) -> Vec<Route> {
+    if sections.is_empty() {
+        p.push(
+            "route",
+            "no [[route]] is configured: every request would be 404",
+            "add a [[route]] with a path and an upstream",
+        );
+    }
+    let mut routes: Vec<Route> = Vec::new();
+    let mut names = HashSet::new();
+    for (i, r) in sections.iter().enumerate() {
+        let key = |k: &str| format!("route[{i}].{k}");
+        let Some(path) = r.path.as_deref() else {
+            p.push(&key("path"), "is missing", "give the path prefix this route serves, e.g. \"/api/v1/models\"");
+            continue;
+        };
+        match path::normalize(path) {
+            Ok(canonical) if canonical == path && (path == "/" || !path.ends_with('/')) => {}
+            Ok(canonical) => {
+                let fix = canonical.trim_end_matches('/');
+                let fix = if fix.is_empty() { "/" } else { fix };
+                p.push(&key("path"), format!("\"{path}\" is not canonical"), format!("write \"{fix}\""));
+                continue;
+            }
+            Err(e) => {
+                p.push(
+                    &key("path"),
+                    format!("\"{path}\" is not a valid path ({})", e.message()),
+                    "write a path such as \"/api/v1\"",
+                );
+                continue;
+            }
+        }
+        let name = r.name.clone().unwrap_or_else(|| path.to_string());
+        if !names.insert(name.clone()) {
+            p.push(&key("name"), format!("\"{name}\" names two routes"), "give each [[route]] its own name");
+        }
+        let host = r.host.as_deref().and_then(|h| match HostPattern::parse(h) {
+            Ok(pattern) if !hosts.covers(&pattern) => {
+                p.push(
+                    &key("host"),
+                    format!("\"{h}\" is not in server.allowed_hosts, so no request can reach this route"),
+                    "add it to server.allowed_hosts",
+                );
+                None
+            }
+            Ok(pattern) => Some(pattern),
+            Err(e) => {
+                p.push(&key("host"), e, "write a host name or \"*.example.com\"");
+                None
+            }
+        });
+        let methods = build_methods(r.methods.as_deref(), &key("methods"), p);
+        let upstream = match r.upstream.as_deref() {
+            None => {
+                p.push(&key("upstream"), "is missing", "name the [[upstream]] this route forwards to");
+                None
+            }
+            Some(u) => match upstream_index.get(u) {
+                Some(&idx) => Some(idx),
+                None => {
+                    let known: Vec<&str> = upstream_index.keys().map(String::as_str).collect();
+                    p.push(
+                        &key("upstream"),
+                        format!("no [[upstream]] is named \"{u}\""),
+                        format!("use one of {known:?} or add the upstream"),
+                    );
+                    None
+                }
+            },
+        };
+        let auth = match r.auth.as_deref() {
+            None | Some("required") => AuthMode::Required,
+            Some("optional") => AuthMode::Optional,
+            Some("none") => AuthMode::None,
+            Some(other) => {
+                p.push(
+                    &key("auth"),
+                    format!("\"{other}\" is not an auth mode"),
+                    "use \"required\", \"optional\" or \"none\"",
+                );
+                AuthMode::Required
+            }
+        };
+        if auth != AuthMode::None {
+            // Deny by default: without the authentication stage, a route needing credentials
+            // could never be served, and serving it anyway would skip its check.
+            p.push(
+                &key("auth"),
+                "routes that authenticate (auth = \"required\", the default, or \"optional\") are not supported yet",
+                "set auth = \"none\" for a public route",
+            );
+        }
+        if r.permissions.as_ref().is_some_and(|v| !v.is_empty()) {
+            p.push(&key("permissions"), "permissions need authentication, which is not supported yet", "remove them");
+        }
+        if r.rate_limits.as_ref().is_some_and(|v| !v.is_empty()) {
+            p.unsupported(&key("rate_limits"), "rate limiting");
+        }
+        let Some(upstream) = upstream else { continue };
+        let route = Route { name: name.into(), host, path: path.into(), methods, upstream, auth };
+        if let Some(other) = routes.iter().find(|o| overlaps(o, &route)) {
+            p.push(
+                &key("path"),
+                format!("route \"{}\" already serves the same host, path and methods", other.name),
+                "give the routes different methods, hosts or paths",
+            );
+        }
+        routes.push(route);
+    }
+    routes
+}
+
+fn build_methods(methods: Option<&[String]>, key: &str, p: &mut Problems<'_>) -> Option<Vec<Method>> {
+    let methods = methods?;
+    if methods.is_empty() {
+        p.push(key, "is empty: no request could use this route", "list methods, or remove the key to allow all");
+    }
+    let mut out = Vec::new();
+    for (j, m) in methods.iter().enumerate() {
+        let upper = m.to_ascii_uppercase();
+        if *m != upper {
+            // Methods are case-sensitive: "get" is not GET, and a route for it would never match.
+            p.push(&format!("{key}[{j}]"), format!("\"{m}\" is not upper case"), format!("write \"{upper}\""));
+            continue;
+        }
+        match Method::from_bytes(m.as_bytes()) {
+            Ok(method) if !out.contains(&method) => out.push(method),
+            Ok(_) => p.push(&format!("{key}[{j}]"), format!("\"{m}\" is listed twice"), "list it once"),
+            Err(_) => p.push(&format!("{key}[{j}]"), format!("\"{m}\" is not an HTTP method"), "use GET, POST, ..."),
+        }
+    }
+    Some(out)
+}
+
+/// Whether two routes would claim the same request.
+fn overlaps(a: &Route, b: &Route) -> bool {
+    a.path == b.path
+        && a.host == b.host
+        && match (&a.methods, &b.methods) {
+            (Some(x), Some(y)) => x.iter().any(|m| y.contains(m)),
+            _ => true,
+        }
+}

@@ -1,0 +1,192 @@
+//! The one error type of the request path.
+//!
+//! Every refusal the gateway makes is a [`GatewayError`]; its status, JSON body, extra headers and
+//! metric label are decided here and nowhere else. Messages are fixed strings written for the
+//! client: no paths, no Rust error text, no upstream addresses.
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use pingora::http::ResponseHeader;
+use serde::Serialize;
+
+/// A request the gateway answers itself with an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// 400 `VALIDATION_ERROR`: a request the gateway cannot parse or will not interpret.
+    BadRequest(&'static str),
+    /// 400 `VALIDATION_ERROR`: the `Host` header or request target is missing or malformed.
+    BadHost(&'static str),
+    /// 400 `BAD_PATH`: a path the gateway will not interpret on a backend's behalf.
+    BadPath(&'static str),
+    /// 421 `HOST_NOT_ALLOWED`: the host is not in `server.allowed_hosts`.
+    HostNotAllowed,
+    /// 404 `ROUTE_NOT_FOUND`.
+    RouteNotFound,
+    /// 405 `METHOD_NOT_ALLOWED`, with the methods the matched path allows.
+    MethodNotAllowed {
+        /// The `Allow` header value.
+        allow: HeaderValue,
+    },
+    /// 413 `PAYLOAD_TOO_LARGE`.
+    PayloadTooLarge {
+        /// `server.max_body_size` in bytes.
+        limit: u64,
+    },
+    /// 502 `UPSTREAM_UNAVAILABLE`: no connection, or a broken response.
+    UpstreamUnavailable,
+    /// 504 `UPSTREAM_TIMEOUT`.
+    UpstreamTimeout,
+    /// 500 `INTERNAL_ERROR`.
+    Internal,
+}
+
+impl GatewayError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) | GatewayError::BadHost(_) | GatewayError::BadPath(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            GatewayError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
+            GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable `error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) | GatewayError::BadHost(_) => "VALIDATION_ERROR",
+            GatewayError::BadPath(_) => "BAD_PATH",
+            GatewayError::HostNotAllowed => "HOST_NOT_ALLOWED",
+            GatewayError::RouteNotFound => "ROUTE_NOT_FOUND",
+            GatewayError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
+            GatewayError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            GatewayError::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+            GatewayError::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            GatewayError::Internal => "INTERNAL_ERROR",
+        }
+    }
+
+    /// The human-readable `error.message`.
+    pub fn message(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(why) | GatewayError::BadHost(why) | GatewayError::BadPath(why) => why,
+            GatewayError::HostNotAllowed => "this host is not served here",
+            GatewayError::RouteNotFound => "no route matches this path",
+            GatewayError::MethodNotAllowed { .. } => "this method is not allowed on this path",
+            GatewayError::PayloadTooLarge { .. } => "the request body is larger than this gateway accepts",
+            GatewayError::UpstreamUnavailable => "the upstream service is unavailable",
+            GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
+            GatewayError::Internal => "internal error",
+        }
+    }
+
+    /// The label this outcome carries in metrics and logs: bounded, one per variant.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::BadHost(_) => "bad_host",
+            GatewayError::BadPath(_) => "bad_path",
+            GatewayError::HostNotAllowed => "host_not_allowed",
+            GatewayError::RouteNotFound => "route_not_found",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::UpstreamUnavailable => "upstream_unavailable",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::Internal => "internal_error",
+        }
+    }
+
+    /// Structured details for `error.details`, where there are any.
+    fn details(&self) -> serde_json::Value {
+        match self {
+            GatewayError::MethodNotAllowed { allow } => {
+                let methods: Vec<&str> = allow.to_str().unwrap_or("").split(", ").collect();
+                serde_json::json!({ "allowed_methods": methods })
+            }
+            GatewayError::PayloadTooLarge { limit } => serde_json::json!({ "max_body_size": limit }),
+            _ => serde_json::Value::Null,
+        }
+    }
+
+    /// The JSON body: `{"error":{"code","message","details","request_id"}}`.
+    pub fn body(&self, request_id: &str) -> Bytes {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            error: Body<'a>,
+        }
+        #[derive(Serialize)]
+        struct Body<'a> {
+            code: &'a str,
+            message: &'a str,
+            details: serde_json::Value,
+            request_id: &'a str,
+        }
+        let envelope = Envelope {
+            error: Body { code: self.code(), message: self.message(), details: self.details(), request_id },
+        };
+        // Serialising these plain fields cannot fail; an empty body is the safe fallback anyway.
+        Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
+    }
+
+    /// The complete response: status, JSON body, and the headers this error needs.
+    pub fn to_response(
+        &self,
+        request_id_header: &HeaderName,
+        request_id: &HeaderValue,
+    ) -> pingora::Result<(ResponseHeader, Bytes)> {
+        let body = self.body(request_id.to_str().unwrap_or(""));
+        let mut resp = json_response(self.status(), body.len(), request_id_header, request_id)?;
+        if let GatewayError::MethodNotAllowed { allow } = self {
+            resp.insert_header(http::header::ALLOW, allow.clone())?;
+        }
+        Ok((resp, body))
+    }
+}
+
+/// A response header for a JSON body the gateway writes itself.
+pub fn json_response(
+    status: StatusCode,
+    len: usize,
+    request_id_header: &HeaderName,
+    request_id: &HeaderValue,
+) -> pingora::Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(6))?;
+    resp.insert_header(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))?;
+    resp.insert_header(http::header::CONTENT_LENGTH, len)?;
+    resp.insert_header(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"))?;
+    resp.insert_header(http::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"))?;
+    resp.insert_header(request_id_header.clone(), request_id.clone())?;
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_shape() {
+        let body = GatewayError::HostNotAllowed.body("abc");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "HOST_NOT_ALLOWED");
+        assert_eq!(v["error"]["request_id"], "abc");
+        assert!(v["error"]["details"].is_null());
+        assert!(v["error"]["message"].is_string());
+    }
+
+    #[test]
+    fn method_not_allowed_lists_methods() {
+        let e = GatewayError::MethodNotAllowed { allow: HeaderValue::from_static("GET, HEAD") };
+        let (resp, body) =
+            e.to_response(&HeaderName::from_static("x-request-id"), &HeaderValue::from_static("r1")).unwrap();
+        assert_eq!(resp.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers.get("allow").unwrap(), "GET, HEAD");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["details"]["allowed_methods"], serde_json::json!(["GET", "HEAD"]));
+    }
+}

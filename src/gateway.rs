@@ -1,0 +1,247 @@
+//! The Pingora `ProxyHttp` implementation: each phase calls its stages in order.
+//!
+//! This is the only module that touches Pingora's `Session`; the stages in [`crate::pipeline`]
+//! work on request headers and the [`RequestCtx`].
+//!
+//! | Pingora phase             | stages                                                        |
+//! |---------------------------|---------------------------------------------------------------|
+//! | `new_ctx`                 | read the runtime config once                                  |
+//! | `request_filter`          | request id → host (400/421) → path (400) → route (404/405) → body length (413) → client address; `builtin:echo` answers here |
+//! | `request_body_filter`     | streamed body limit (413)                                     |
+//! | `upstream_peer`           | round-robin target                                            |
+//! | `fail_to_connect`         | next target on connect failure                                |
+//! | `upstream_request_filter` | header hygiene, forwarding headers, canonical path            |
+//! | `response_filter`         | request id on the response                                    |
+//! | `fail_to_proxy`           | 502 / 504 / 413 as JSON                                       |
+
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::config::Runtime;
+use crate::ctx::RequestCtx;
+use crate::error::GatewayError;
+use crate::pipeline::upstream::Targets;
+use crate::pipeline::{body, echo, forward, path, request_id};
+
+/// The shared, swappable runtime configuration: each request reads it once.
+pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+
+/// The gateway.
+pub struct Gateway {
+    runtime: SharedRuntime,
+}
+
+impl Gateway {
+    /// A gateway serving whatever `runtime` points at.
+    pub fn new(runtime: SharedRuntime) -> Self {
+        Gateway { runtime }
+    }
+
+    /// The request-header stages. `Err` is the refusal to answer with.
+    fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+        let rt = &*ctx.runtime;
+        let req = session.req_header();
+        ctx.request_id = request_id::request_id(&req.headers, &rt.request_id_header);
+
+        let host = rt.hosts.check(req)?;
+        ctx.host = host.authority;
+
+        let canonical = path::normalize(req.uri.path())?;
+        ctx.route = Some(rt.routes.lookup(host.name.as_str(), &canonical, &req.method)?);
+        if let Cow::Owned(p) = canonical {
+            ctx.canonical_path = Some(p);
+        }
+
+        body::check_declared_length(&req.headers, rt.max_body_size)?;
+
+        ctx.peer =
+            session.client_addr().and_then(|a| a.as_inet()).map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        ctx.client_ip = rt.trusted_proxies.client_ip(ctx.peer, &req.headers);
+        Ok(())
+    }
+
+    /// Answers with `error` as JSON, and records it as this request's outcome.
+    async fn refuse(session: &mut Session, ctx: &mut RequestCtx, error: GatewayError) -> Result<()> {
+        let (resp, body) = error.to_response(&ctx.runtime.request_id_header, &ctx.request_id)?;
+        // An unread request body would have to be drained before the connection can be reused:
+        // close instead of reading what was refused.
+        if !session.as_downstream_mut().is_body_done() {
+            session.set_keepalive(None);
+        }
+        ctx.refusal = Some(error);
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+
+    /// `builtin:echo`: reads the body (within the limit) and answers with the request as the
+    /// upstream would receive it.
+    async fn echo(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let max = ctx.runtime.max_body_size;
+        while let Some(chunk) = session.read_request_body().await? {
+            if let Err(e) = body::count_chunk(&mut ctx.body_bytes, chunk.len(), max) {
+                return Self::refuse(session, ctx, e).await;
+            }
+        }
+        let mut upstream_request = session.req_header().clone();
+        if let Err(e) = Self::prepare_upstream(session, ctx, &mut upstream_request) {
+            return Self::refuse(session, ctx, e).await;
+        }
+        let body = echo::describe(&upstream_request, ctx.body_bytes);
+        let resp = crate::error::json_response(
+            http::StatusCode::OK,
+            body.len(),
+            &ctx.runtime.request_id_header,
+            &ctx.request_id,
+        )?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+
+    fn prepare_upstream(
+        session: &Session,
+        ctx: &RequestCtx,
+        upstream_request: &mut RequestHeader,
+    ) -> Result<(), GatewayError> {
+        let is_tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let fwd = forward::Forwarding {
+            peer: ctx.peer,
+            scheme: if is_tls { "https" } else { "http" },
+            host: &ctx.host,
+            canonical_path: ctx.canonical_path.as_deref(),
+            request_id: (&ctx.runtime.request_id_header, &ctx.request_id),
+        };
+        forward::prepare_upstream_request(upstream_request, &ctx.runtime.trusted_proxies, &fwd)
+    }
+
+    fn upstream_of(ctx: &RequestCtx) -> Option<&crate::pipeline::upstream::Upstream> {
+        let route = ctx.runtime.routes.get(ctx.route?);
+        ctx.runtime.upstreams.get(route.upstream)
+    }
+}
+
+/// Maps a Pingora error to the refusal the client sees; `None` when the client is gone.
+fn classify(e: &Error) -> Option<GatewayError> {
+    match (e.esource(), e.etype()) {
+        (ErrorSource::Upstream, ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+            Some(GatewayError::UpstreamTimeout)
+        }
+        (ErrorSource::Upstream, _) => Some(GatewayError::UpstreamUnavailable),
+        (ErrorSource::Downstream, ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed) => None,
+        (ErrorSource::Downstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => None,
+        (ErrorSource::Downstream, _) => Some(GatewayError::BadRequest("malformed request")),
+        _ => Some(GatewayError::Internal),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.runtime.load_full())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Err(refusal) = Self::admit(session, ctx) {
+            Self::refuse(session, ctx, refusal).await?;
+            return Ok(true);
+        }
+        if let Some(upstream) = Self::upstream_of(ctx) {
+            if matches!(upstream.targets, Targets::Echo) {
+                Self::echo(session, ctx).await?;
+                return Ok(true);
+            }
+            ctx.rotation_start = upstream.rotation_start();
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        chunk: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let len = chunk.as_ref().map_or(0, bytes::Bytes::len);
+        if let Err(refusal) = body::count_chunk(&mut ctx.body_bytes, len, ctx.runtime.max_body_size) {
+            ctx.refusal = Some(refusal);
+            return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_body_size");
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let peer = Self::upstream_of(ctx).and_then(|u| u.peer(ctx.rotation_start, ctx.attempts));
+        ctx.attempts += 1;
+        peer.ok_or_else(|| Error::explain(ErrorType::InternalError, "route has no upstream target"))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent yet: the next target may take the request.
+        if Self::upstream_of(ctx).is_some_and(|u| ctx.attempts < u.attempts()) {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        Self::prepare_upstream(session, ctx, upstream_request)
+            .map_err(|_| Error::explain(ErrorType::InternalError, "cannot prepare the upstream request"))
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        resp.insert_header(ctx.runtime.request_id_header.clone(), ctx.request_id.clone())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let refusal = match (ctx.refusal.clone(), classify(e)) {
+            (Some(ours), _) => Some(ours),
+            (None, theirs) => theirs,
+        };
+        let Some(refusal) = refusal else {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        };
+        let status = refusal.status().as_u16();
+        if session.response_written().is_none() {
+            // The request may be half-read (a body cut off at the limit): never reuse.
+            session.set_keepalive(None);
+            let response = refusal.to_response(&ctx.runtime.request_id_header, &ctx.request_id);
+            ctx.refusal = Some(refusal);
+            let written = async {
+                let (resp, body) = response?;
+                session.write_response_header(Box::new(resp), false).await?;
+                session.write_response_body(Some(body), true).await
+            };
+            if let Err(write_error) = written.await {
+                tracing::debug!(error = %write_error, "could not send the error response");
+            }
+        }
+        FailToProxy { error_code: status, can_reuse_downstream: false }
+    }
+}

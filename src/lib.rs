@@ -1,0 +1,73 @@
+//! Portcullis: an authentication gateway on Cloudflare's Pingora.
+//!
+//! [`config::load`] turns `conf/*.toml` into a validated [`config::Config`]; [`build_server`]
+//! turns that into a Pingora server whose [`gateway::Gateway`] runs the request
+//! [`pipeline`]. `main.rs` is the command line around these.
+
+pub mod cli;
+pub mod config;
+pub mod ctx;
+pub mod error;
+pub mod gateway;
+pub mod pipeline;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+
+use config::Config;
+use gateway::{Gateway, SharedRuntime};
+
+/// How long the runtimes get to stop once the grace period is over.
+pub const SHUTDOWN_TIMEOUT_SECONDS: u64 = 1;
+
+/// Builds the Pingora server for a validated configuration, without starting it.
+///
+/// Returns the server and the shared runtime pointer that a reload swaps.
+pub fn build_server(config: &Config) -> (Server, SharedRuntime) {
+    let process = &config.process;
+    let conf = ServerConf {
+        threads: process.threads,
+        upstream_keepalive_pool_size: process.upstream_keepalive_pool_size,
+        // Pingora keeps serving in-flight requests for the grace period after SIGTERM.
+        grace_period_seconds: Some(process.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECONDS),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);
+    server.bootstrap();
+
+    let runtime: SharedRuntime = Arc::new(ArcSwap::new(config.runtime.clone()));
+    // Listeners that share server options share one service (and so one thread pool).
+    for h2c in [false, true] {
+        let addresses: Vec<String> =
+            process.listeners.iter().filter(|l| l.h2c == h2c).map(|l| l.address.to_string()).collect();
+        if addresses.is_empty() {
+            continue;
+        }
+        let mut options = HttpServerOptions::default();
+        options.h2c = h2c;
+        let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(runtime.clone()))
+            .name(if h2c { "portcullis (h2c)" } else { "portcullis" })
+            .server_options(options)
+            .build();
+        for address in &addresses {
+            service.add_tcp(address);
+        }
+        server.add_service(service);
+    }
+    (server, runtime)
+}
+
+/// Starts the gateway and serves until a signal stops it.
+pub fn run(config: Config) -> ! {
+    let (server, _runtime) = build_server(&config);
+    for listener in &config.process.listeners {
+        tracing::info!(address = %listener.address, h2c = listener.h2c, "listening");
+    }
+    server.run_forever()
+}

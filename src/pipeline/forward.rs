@@ -1,0 +1,237 @@
+//! Header hygiene: the request as the upstream receives it.
+//!
+//! Set what the gateway verified, strip what the client sent in its place:
+//! - hop-by-hop headers (RFC 9110 §7.6.1) and every header the client listed in `Connection` are
+//!   removed, except the framing headers Pingora itself manages;
+//! - every client-sent `X-Auth-*` header is removed on every route: only the gateway speaks for
+//!   the identity of a request;
+//! - `X-Forwarded-For` gets the peer appended; what the client sent before it is kept only when
+//!   the peer is a trusted proxy, and so are `X-Forwarded-Proto`, `X-Forwarded-Host` and
+//!   `Forwarded` (dropped otherwise);
+//! - `Host` is the validated host, the request-target is origin-form with the canonical path,
+//!   and the request id is set.
+
+use std::net::IpAddr;
+
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderName, HeaderValue, Uri};
+use pingora::http::RequestHeader;
+
+use crate::error::GatewayError;
+use crate::pipeline::client::TrustedProxies;
+
+/// Headers that describe one connection, never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// The prefix of the identity headers only the gateway may set.
+pub const IDENTITY_HEADER_PREFIX: &str = "x-auth-";
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// What the forward stage needs to know about the request beyond its headers.
+pub struct Forwarding<'a> {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// `"http"` or `"https"`: how the client reached the gateway.
+    pub scheme: &'static str,
+    /// The validated authority, as the client wrote it (with its port, if any).
+    pub host: &'a HeaderValue,
+    /// The canonical path when it differs from the request's.
+    pub canonical_path: Option<&'a str>,
+    /// The request id header name and value.
+    pub request_id: (&'a HeaderName, &'a HeaderValue),
+}
+
+/// Rewrites `req` (a copy of the client's request) into what the upstream receives.
+pub fn prepare_upstream_request(
+    req: &mut RequestHeader,
+    proxies: &TrustedProxies,
+    fwd: &Forwarding<'_>,
+) -> Result<(), GatewayError> {
+    remove_connection_listed(req);
+    for name in HOP_BY_HOP {
+        req.remove_header(name);
+    }
+    remove_identity_headers(req);
+
+    let trusted = proxies.contains(fwd.peer);
+    let peer = HeaderValue::from_str(&fwd.peer.to_string()).map_err(|_| GatewayError::Internal)?;
+    let xff = match (trusted, joined(req, &X_FORWARDED_FOR)) {
+        (true, Some(prior)) => {
+            let mut v = prior;
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&v).map_err(|_| GatewayError::Internal)?
+        }
+        _ => peer,
+    };
+    set(req, X_FORWARDED_FOR, xff)?;
+    if !trusted || req.headers.get(&X_FORWARDED_PROTO).is_none() {
+        set(req, X_FORWARDED_PROTO, HeaderValue::from_static(fwd.scheme))?;
+    }
+    if !trusted || req.headers.get(&X_FORWARDED_HOST).is_none() {
+        set(req, X_FORWARDED_HOST, fwd.host.clone())?;
+    }
+    if !trusted {
+        req.remove_header(&FORWARDED);
+    }
+    set(req, HOST, fwd.host.clone())?;
+    set(req, fwd.request_id.0.clone(), fwd.request_id.1.clone())?;
+
+    // Pingora keeps an absolute-form target's original bytes and serialises them unless the URI
+    // is set again: the upstream always gets origin-form.
+    if fwd.canonical_path.is_some() || !req.raw_path().starts_with(b"/") {
+        let path = fwd.canonical_path.unwrap_or_else(|| req.uri.path());
+        let target = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        req.set_uri(Uri::try_from(target).map_err(|_| GatewayError::BadPath("invalid request target"))?);
+    }
+    Ok(())
+}
+
+fn set(req: &mut RequestHeader, name: HeaderName, value: HeaderValue) -> Result<(), GatewayError> {
+    req.insert_header(name, value).map_err(|_| GatewayError::Internal)
+}
+
+/// All values of a header joined with ", ", or `None` when absent.
+fn joined(req: &RequestHeader, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut values = req.headers.get_all(name).iter();
+    let mut out = values.next()?.as_bytes().to_vec();
+    for v in values {
+        out.extend_from_slice(b", ");
+        out.extend_from_slice(v.as_bytes());
+    }
+    Some(out)
+}
+
+/// Removes the headers the client named in `Connection`, sparing the framing headers (Pingora
+/// frames the upstream request from them) and `Host` (set again below anyway).
+fn remove_connection_listed(req: &mut RequestHeader) {
+    if req.headers.get(CONNECTION).is_none() {
+        return;
+    }
+    let listed: Vec<HeaderName> = req
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| *name != CONTENT_LENGTH && *name != TRANSFER_ENCODING && *name != HOST)
+        .collect();
+    for name in listed {
+        req.remove_header(&name);
+    }
+}
+
+fn remove_identity_headers(req: &mut RequestHeader) {
+    // Collect only when there is something to remove: the common request allocates nothing here.
+    let is_identity = |name: &HeaderName| name.as_str().starts_with(IDENTITY_HEADER_PREFIX);
+    if !req.headers.keys().any(is_identity) {
+        return;
+    }
+    let forged: Vec<HeaderName> = req.headers.keys().filter(|n| is_identity(n)).cloned().collect();
+    for name in forged {
+        req.remove_header(&name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/a//b?x=1", None).unwrap();
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    fn forward(req: &mut RequestHeader, peer: &str) {
+        let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let host = HeaderValue::from_static("api.example.com:8080");
+        let name = HeaderName::from_static("x-request-id");
+        let id = HeaderValue::from_static("rid-1");
+        let fwd = Forwarding {
+            peer: peer.parse().unwrap(),
+            scheme: "http",
+            host: &host,
+            canonical_path: Some("/a/b"),
+            request_id: (&name, &id),
+        };
+        prepare_upstream_request(req, &proxies, &fwd).unwrap();
+    }
+
+    fn get<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+        req.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    #[test]
+    fn strips_forged_identity_and_hop_by_hop() {
+        let mut req = request(&[
+            ("X-Auth-Subject", "admin"),
+            ("x-auth-permissions", "write_config"),
+            ("Connection", "keep-alive, X-Secret"),
+            ("X-Secret", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Upgrade", "websocket"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("X-Other", "kept"),
+        ]);
+        forward(&mut req, "203.0.113.1");
+        for gone in [
+            "x-auth-subject",
+            "x-auth-permissions",
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "upgrade",
+            "proxy-authorization",
+        ] {
+            assert_eq!(get(&req, gone), None, "{gone}");
+        }
+        assert_eq!(get(&req, "x-other"), Some("kept"));
+        assert_eq!(req.uri.to_string(), "/a/b?x=1");
+        assert_eq!(get(&req, "host"), Some("api.example.com:8080"));
+        assert_eq!(get(&req, "x-request-id"), Some("rid-1"));
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_forge_forwarding_headers() {
+        let mut req = request(&[
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.com"),
+            ("Forwarded", "for=1.2.3.4"),
+        ]);
+        forward(&mut req, "203.0.113.1");
+        assert_eq!(get(&req, "x-forwarded-for"), Some("203.0.113.1"));
+        assert_eq!(get(&req, "x-forwarded-proto"), Some("http"));
+        assert_eq!(get(&req, "x-forwarded-host"), Some("api.example.com:8080"));
+        assert_eq!(get(&req, "forwarded"), None);
+    }
+
+    #[test]
+    fn trusted_peer_forwarding_headers_are_kept_and_appended() {
+        let mut req =
+            request(&[("X-Forwarded-For", "1.2.3.4"), ("X-Forwarded-For", "5.6.7.8"), ("X-Forwarded-Proto", "https")]);
+        forward(&mut req, "10.1.2.3");
+        assert_eq!(get(&req, "x-forwarded-for"), Some("1.2.3.4, 5.6.7.8, 10.1.2.3"));
+        assert_eq!(get(&req, "x-forwarded-proto"), Some("https"));
+    }
+}

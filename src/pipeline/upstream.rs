@@ -1,0 +1,103 @@
+//! Upstream choice: round robin over an upstream's targets, with its timeouts.
+//!
+//! Targets are resolved once at config load, so the request path never waits on DNS. A connect
+//! failure moves on to the next target (at most once per target); an error after the request
+//! was sent is not retried, since the upstream may have acted on it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pingora::upstreams::peer::HttpPeer;
+
+/// Where an upstream's requests go.
+#[derive(Debug)]
+pub enum Targets {
+    /// `builtin:echo`: the gateway answers with the request as an upstream would receive it.
+    Echo,
+    /// Real servers, in round-robin order.
+    Servers(Vec<SocketAddr>),
+}
+
+/// One validated `[[upstream]]`.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Name for logs and metrics.
+    pub name: Box<str>,
+    /// Its targets.
+    pub targets: Targets,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest wait for each read of the response.
+    pub read_timeout: Duration,
+    /// Longest wait for each write of the request.
+    pub write_timeout: Duration,
+    /// How long an idle connection stays in the reuse pool.
+    pub idle_timeout: Duration,
+    next: AtomicUsize,
+}
+
+impl Upstream {
+    /// A new upstream, starting its rotation at the first target.
+    pub fn new(
+        name: Box<str>,
+        targets: Targets,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+        write_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        Upstream {
+            name,
+            targets,
+            connect_timeout,
+            read_timeout,
+            write_timeout,
+            idle_timeout,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Where this request's rotation starts (one relaxed atomic add; no lock).
+    pub fn rotation_start(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// How many targets a request may try.
+    pub fn attempts(&self) -> usize {
+        match &self.targets {
+            Targets::Echo => 0,
+            Targets::Servers(s) => s.len(),
+        }
+    }
+
+    /// The peer for the `attempt`-th try of a request whose rotation starts at `start`.
+    pub fn peer(&self, start: usize, attempt: usize) -> Option<Box<HttpPeer>> {
+        let Targets::Servers(servers) = &self.targets else { return None };
+        let addr = *servers.get(start.wrapping_add(attempt) % servers.len())?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.write_timeout);
+        peer.options.idle_timeout = Some(self.idle_timeout);
+        Some(Box::new(peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_and_failover_order() {
+        let servers: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()];
+        let s = Duration::from_secs(1);
+        let u = Upstream::new("u".into(), Targets::Servers(servers), s, s, s, s);
+        let a = u.rotation_start();
+        let b = u.rotation_start();
+        let port = |start, attempt| u.peer(start, attempt).unwrap()._address.to_string();
+        assert_ne!(port(a, 0), port(b, 0));
+        assert_ne!(port(a, 0), port(a, 1));
+        assert_eq!(u.attempts(), 2);
+    }
+}

@@ -1,0 +1,109 @@
+//! Header hygiene: forged identity and forwarding headers, hop-by-hop headers, request ids.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{raw, Gateway, Upstream};
+
+fn config(upstream: &Upstream, trusted: &str) -> String {
+    format!(
+        r#"
+[server]
+allowed_hosts = ["localhost"]
+trusted_proxies = [{trusted}]
+
+[[upstream]]
+name = "api"
+targets = ["{}"]
+
+[[route]]
+name = "all"
+path = "/"
+upstream = "api"
+auth = "none"
+"#,
+        upstream.addr
+    )
+}
+
+async fn get(gw: &Gateway, extra_headers: &str) -> common::RawResponse {
+    let req = format!("GET /x HTTP/1.1\r\nHost: localhost\r\n{extra_headers}Connection: close\r\n\r\n");
+    raw(gw.addr, req.as_bytes()).await
+}
+
+#[tokio::test]
+async fn forged_identity_headers_never_reach_the_upstream() {
+    let upstream = Upstream::start("api").await;
+    let gw = Gateway::start(&config(&upstream, "")).await;
+    let resp = get(
+        &gw,
+        "X-Auth-Subject: admin\r\nx-auth-permissions: write_config,manage_users\r\nX-AUTH-METHOD: api_key\r\nX-Auth-Key-Id: root\r\nX-Auth-Issuer: me\r\nX-Authenticated: kept\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let headers = resp.json()["headers"].as_object().unwrap().clone();
+    let forged: Vec<&String> = headers.keys().filter(|k| k.starts_with("x-auth-")).collect();
+    assert!(forged.is_empty(), "forged identity headers forwarded: {forged:?}");
+    // Only the X-Auth-* family is reserved.
+    assert_eq!(headers["x-authenticated"][0], "kept");
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
+    let upstream = Upstream::start("api").await;
+    let gw = Gateway::start(&config(&upstream, "\"10.0.0.0/8\"")).await;
+    let resp = get(
+        &gw,
+        "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.com\r\nForwarded: for=6.6.6.6;proto=https\r\n",
+    )
+    .await;
+    let seen = resp.json();
+    assert_eq!(seen["headers"]["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(seen["headers"]["x-forwarded-proto"], serde_json::json!(["http"]));
+    assert_eq!(seen["headers"]["x-forwarded-host"], serde_json::json!(["localhost"]));
+    assert!(seen["headers"].get("forwarded").is_none());
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_a_trusted_proxy_are_kept_and_appended() {
+    let upstream = Upstream::start("api").await;
+    let gw = Gateway::start(&config(&upstream, "\"127.0.0.0/8\"")).await;
+    let resp =
+        get(&gw, "X-Forwarded-For: 198.51.100.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: api.example.com\r\n")
+            .await;
+    let seen = resp.json();
+    assert_eq!(seen["headers"]["x-forwarded-for"], serde_json::json!(["198.51.100.7, 127.0.0.1"]));
+    assert_eq!(seen["headers"]["x-forwarded-proto"], serde_json::json!(["https"]));
+    assert_eq!(seen["headers"]["x-forwarded-host"], serde_json::json!(["api.example.com"]));
+}
+
+#[tokio::test]
+async fn hop_by_hop_and_connection_listed_headers_are_removed() {
+    let upstream = Upstream::start("api").await;
+    let gw = Gateway::start(&config(&upstream, "")).await;
+    let req = "GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic dTpw\r\nTE: trailers\r\nUpgrade: h2c\r\nX-End-To-End: kept\r\n\r\n";
+    let resp = raw(gw.addr, req.as_bytes()).await;
+    let headers = resp.json()["headers"].as_object().unwrap().clone();
+    for gone in ["x-secret-hop", "keep-alive", "proxy-authorization", "te", "upgrade"] {
+        assert!(!headers.contains_key(gone), "{gone} was forwarded");
+    }
+    assert_eq!(headers["x-end-to-end"][0], "kept");
+}
+
+#[tokio::test]
+async fn request_id_is_kept_when_valid_generated_otherwise_and_returned() {
+    let upstream = Upstream::start("api").await;
+    let gw = Gateway::start(&config(&upstream, "")).await;
+
+    let resp = get(&gw, "X-Request-Id: trace-42.a_b:c\r\n").await;
+    assert_eq!(resp.header("x-request-id"), Some("trace-42.a_b:c"));
+    assert_eq!(resp.json()["headers"]["x-request-id"], serde_json::json!(["trace-42.a_b:c"]));
+
+    for bad in ["X-Request-Id: <script>\r\n", "X-Request-Id: a b\r\n", "X-Request-Id: a\r\nX-Request-Id: b\r\n", ""] {
+        let resp = get(&gw, bad).await;
+        let id = resp.header("x-request-id").unwrap().to_string();
+        assert_eq!(id.len(), 36, "{bad:?} gave {id}");
+        // The upstream saw the same id the client got back.
+        assert_eq!(resp.json()["headers"]["x-request-id"], serde_json::json!([id]));
+    }
+}

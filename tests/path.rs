@@ -1,0 +1,115 @@
+//! Canonical paths: every spelling of `/admin` reaches the `/admin` route with the canonical path
+//! the route was matched on, or is refused with 400 `BAD_PATH`; none lands on another route.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{assert_error, get_with_host, Gateway, Upstream};
+
+async fn setup() -> (Gateway, Upstream, Upstream) {
+    let admin = Upstream::start("admin").await;
+    let public = Upstream::start("public").await;
+    let config = format!(
+        r#"
+[server]
+allowed_hosts = ["localhost"]
+
+[[upstream]]
+name = "admin"
+targets = ["{}"]
+
+[[upstream]]
+name = "public"
+targets = ["{}"]
+
+[[route]]
+name = "admin"
+path = "/admin"
+upstream = "admin"
+auth = "none"
+
+[[route]]
+name = "public"
+path = "/"
+upstream = "public"
+auth = "none"
+"#,
+        admin.addr, public.addr
+    );
+    (Gateway::start(&config).await, admin, public)
+}
+
+#[tokio::test]
+async fn every_spelling_of_admin_reaches_the_admin_route_with_the_canonical_path() {
+    let (gw, admin, public) = setup().await;
+    let cases = [
+        ("/admin", "/admin"),
+        ("//admin", "/admin"),
+        ("///admin//users", "/admin/users"),
+        ("/admin/./", "/admin/"),
+        ("/%61dmin", "/admin"),
+        ("/%61%64%6D%69%6E", "/admin"),
+        ("/x/../admin", "/admin"),
+        ("/%2e%2e/admin", "/admin"),
+        ("/public/%2E%2E/admin/", "/admin/"),
+        ("/../../admin?x=1", "/admin?x=1"),
+        ("/admin/x/../../admin", "/admin"),
+    ];
+    for (sent, canonical) in cases {
+        let resp = get_with_host(gw.addr, sent, "localhost").await;
+        assert_eq!(resp.status, 200, "{sent}");
+        let seen = resp.json();
+        assert_eq!(seen["upstream"], "admin", "{sent} was routed elsewhere");
+        assert_eq!(seen["target"], canonical, "{sent}");
+    }
+    assert_eq!(admin.hits(), cases.len());
+    assert_eq!(public.hits(), 0);
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_refused_before_any_upstream() {
+    let (gw, admin, public) = setup().await;
+    for sent in [
+        "/admin%2f",
+        "/admin%2Fusers",
+        "/x%2f..%2fadmin",
+        "/admin%5c",
+        "/admin;x",
+        "/..;/admin",
+        "/admin;jsessionid=1",
+        "/adm%3bin",
+        "/admin%00",
+        "/admin%0d%0aX-Injected:%201",
+        "/admin%",
+        "/admin%zz",
+        "/admin\\",
+    ] {
+        let resp = get_with_host(gw.addr, sent, "localhost").await;
+        assert_error(&resp, 400, "BAD_PATH");
+    }
+    assert_eq!(admin.hits() + public.hits(), 0);
+}
+
+#[tokio::test]
+async fn routes_are_case_sensitive_and_segment_aware() {
+    let (gw, admin, _public) = setup().await;
+    for (sent, canonical) in
+        [("/ADMIN", "/ADMIN"), ("/Admin/users", "/Admin/users"), ("/adminx", "/adminx"), ("/%41DMIN", "/ADMIN")]
+    {
+        let resp = get_with_host(gw.addr, sent, "localhost").await;
+        assert_eq!(resp.status, 200);
+        let seen = resp.json();
+        assert_eq!(seen["upstream"], "public", "{sent} must not match the /admin route");
+        assert_eq!(seen["target"], canonical);
+    }
+    assert_eq!(admin.hits(), 0);
+}
+
+#[tokio::test]
+async fn non_ascii_and_encoded_bytes_are_kept_encoded() {
+    let (gw, _admin, public) = setup().await;
+    let resp = get_with_host(gw.addr, "/caf%c3%a9/a%20b", "localhost").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()["target"], "/caf%C3%A9/a%20b");
+    assert_eq!(public.hits(), 1);
+}
