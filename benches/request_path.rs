@@ -53,6 +53,7 @@ fn routes(c: &mut Criterion) {
             methods: Some(vec![Method::GET, Method::POST]),
             upstream: 0,
             auth: AuthMode::None,
+            permissions: Vec::new(),
         });
     }
     routes.push(Route {
@@ -62,6 +63,7 @@ fn routes(c: &mut Criterion) {
         methods: Some(vec![Method::GET, Method::HEAD]),
         upstream: 0,
         auth: AuthMode::None,
+        permissions: Vec::new(),
     });
     let table = RouteTable::new(routes);
     let mut g = c.benchmark_group("route");
@@ -86,6 +88,8 @@ fn forwarding(c: &mut Criterion) {
         host: &host,
         canonical_path: None,
         request_id: (&name, &id),
+        identity: None,
+        strip_credentials: None,
     };
     let mut g = c.benchmark_group("forward");
     g.bench_function("prepare_upstream_request", |b| {
@@ -99,5 +103,24 @@ fn forwarding(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hosts, paths, routes, forwarding);
+fn api_keys(c: &mut Criterion) {
+    use portcullis::pipeline::auth::apikey::{generate, hash_line, parse_hash, ApiKey, ApiKeys};
+    use std::time::SystemTime;
+    let mut entries = Vec::new();
+    let mut secrets = Vec::new();
+    for i in 0..1000 {
+        let secret = generate().unwrap();
+        let hash = parse_hash(&hash_line(&secret)).unwrap();
+        entries.push(ApiKey::new(&format!("k{i}"), hash, "s", vec!["read_models".into()], None, false).unwrap());
+        secrets.push(secret);
+    }
+    let keys = ApiKeys::new(entries).unwrap();
+    let now = SystemTime::now();
+    let mut g = c.benchmark_group("api_key");
+    g.bench_function("verify_hit_1000_keys", |b| b.iter(|| keys.verify(black_box(secrets[500].as_bytes()), now)));
+    g.bench_function("verify_miss_1000_keys", |b| b.iter(|| keys.verify(black_box(b"pcs_not_a_key_at_all"), now)));
+    g.finish();
+}
+
+criterion_group!(benches, hosts, paths, routes, forwarding, api_keys);
 criterion_main!(benches);

@@ -36,6 +36,63 @@ pub enum Command {
     Run,
     /// Load and validate the configuration, print a summary, and exit (78 on errors).
     Check,
+    /// Make or hash API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `portcullis keys ...`.
+#[derive(Debug, Subcommand, PartialEq, Eq)]
+pub enum KeysCommand {
+    /// Make a new random key: prints it once, and the [[auth.api_key]] block to paste.
+    Generate {
+        /// The key id (in logs, metrics and X-Auth-Key-Id).
+        #[arg(long)]
+        id: String,
+        /// Comma-separated permissions, e.g. read_models,run_inference.
+        #[arg(long, value_delimiter = ',')]
+        permissions: Vec<String>,
+        /// Expiry from now, e.g. 90d or 12h.
+        #[arg(long = "expires-in")]
+        expires_in: Option<String>,
+    },
+    /// Read a key on standard input and print its hash line.
+    Hash,
+}
+
+/// `portcullis keys generate`: the output, or what is wrong with the arguments.
+pub fn generate_key(id: &str, permissions: &[String], expires_in: Option<&str>) -> Result<String, String> {
+    use crate::pipeline::auth::apikey;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+        return Err(format!("--id \"{id}\" must be printable ASCII without quotes"));
+    }
+    if let Some(bad) =
+        permissions.iter().find(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+    {
+        return Err(format!("--permissions: \"{bad}\" is not a permission name"));
+    }
+    let expires = match expires_in {
+        None => None,
+        Some(text) => {
+            let after =
+                crate::config::units::parse_duration(text).map_err(|e| format!("--expires-in: {e}; use e.g. 90d"))?;
+            Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now() + after).to_string())
+        }
+    };
+    let key = apikey::generate()?;
+    let mut out = String::new();
+    let _ = writeln!(out, "# The new key, shown this once (only its hash is stored):");
+    let _ = writeln!(out, "{key}");
+    let _ = writeln!(out, "# Add this to the configuration:");
+    let _ = writeln!(out, "[[auth.api_key]]");
+    let _ = writeln!(out, "id = \"{id}\"");
+    let _ = writeln!(out, "hash = \"{}\"", apikey::hash_line(&key));
+    let quoted: Vec<String> = permissions.iter().map(|p| format!("\"{p}\"")).collect();
+    let _ = writeln!(out, "permissions = [{}]", quoted.join(", "));
+    if let Some(at) = expires {
+        let _ = writeln!(out, "expires = \"{at}\"");
+    }
+    Ok(out)
 }
 
 /// The summary `portcullis check` prints for a valid configuration.
@@ -56,6 +113,12 @@ pub fn summary(config: &Config) -> String {
         };
         let _ = writeln!(out, "  {} -> {}", u.name, targets);
     }
+    let _ = writeln!(
+        out,
+        "api keys: {} (read from Authorization: Bearer and {})",
+        rt.auth.keys.len(),
+        rt.auth.api_key_headers.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ")
+    );
     let _ = writeln!(out, "routes:");
     for r in rt.routes.routes() {
         let methods = r
@@ -74,7 +137,13 @@ pub fn summary(config: &Config) -> String {
             AuthMode::None => "none",
         };
         let upstream = rt.upstreams.get(r.upstream).map_or("?", |u| &u.name);
-        let _ = writeln!(out, "  {:<16} {:<12} {}{} -> {} (auth: {})", r.name, methods, host, r.path, upstream, auth);
+        let permissions =
+            if r.permissions.is_empty() { String::new() } else { format!(", needs {}", r.permissions.join(" + ")) };
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<12} {}{} -> {} (auth: {}{})",
+            r.name, methods, host, r.path, upstream, auth, permissions
+        );
     }
     out
 }

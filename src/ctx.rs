@@ -8,6 +8,7 @@ use http::HeaderValue;
 
 use crate::config::Runtime;
 use crate::error::GatewayError;
+use crate::pipeline::auth::Principal;
 use crate::pipeline::route::RouteId;
 
 /// The state of one request.
@@ -23,6 +24,8 @@ pub struct RequestCtx {
     pub canonical_path: Option<String>,
     /// The matched route.
     pub route: Option<RouteId>,
+    /// The verified caller; `None` when anonymous.
+    pub principal: Option<Principal>,
     /// The TCP peer.
     pub peer: IpAddr,
     /// The client, as seen through trusted proxies.
@@ -46,6 +49,7 @@ impl RequestCtx {
             host: HeaderValue::from_static(""),
             canonical_path: None,
             route: None,
+            principal: None,
             peer: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             body_bytes: 0,

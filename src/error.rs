@@ -9,6 +9,8 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::ResponseHeader;
 use serde::Serialize;
 
+use crate::pipeline::auth::AuthFailure;
+
 /// A request the gateway answers itself with an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
@@ -20,6 +22,13 @@ pub enum GatewayError {
     BadPath(&'static str),
     /// 421 `HOST_NOT_ALLOWED`: the host is not in `server.allowed_hosts`.
     HostNotAllowed,
+    /// 401 `AUTHENTICATION_FAILED`, with why (for metrics and logs only).
+    AuthenticationFailed(AuthFailure),
+    /// 403 `PERMISSION_DENIED`, naming the permission the caller lacks.
+    PermissionDenied {
+        /// The first required permission not granted.
+        missing: Box<str>,
+    },
     /// 404 `ROUTE_NOT_FOUND`.
     RouteNotFound,
     /// 405 `METHOD_NOT_ALLOWED`, with the methods the matched path allows.
@@ -48,6 +57,8 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             GatewayError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
+            GatewayError::AuthenticationFailed(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::PermissionDenied { .. } => StatusCode::FORBIDDEN,
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -63,6 +74,8 @@ impl GatewayError {
             GatewayError::BadRequest(_) | GatewayError::BadHost(_) => "VALIDATION_ERROR",
             GatewayError::BadPath(_) => "BAD_PATH",
             GatewayError::HostNotAllowed => "HOST_NOT_ALLOWED",
+            GatewayError::AuthenticationFailed(_) => "AUTHENTICATION_FAILED",
+            GatewayError::PermissionDenied { .. } => "PERMISSION_DENIED",
             GatewayError::RouteNotFound => "ROUTE_NOT_FOUND",
             GatewayError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             GatewayError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
@@ -77,6 +90,8 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(why) | GatewayError::BadHost(why) | GatewayError::BadPath(why) => why,
             GatewayError::HostNotAllowed => "this host is not served here",
+            GatewayError::AuthenticationFailed(_) => "missing or invalid credentials",
+            GatewayError::PermissionDenied { .. } => "the credentials lack a permission this route requires",
             GatewayError::RouteNotFound => "no route matches this path",
             GatewayError::MethodNotAllowed { .. } => "this method is not allowed on this path",
             GatewayError::PayloadTooLarge { .. } => "the request body is larger than this gateway accepts",
@@ -93,6 +108,8 @@ impl GatewayError {
             GatewayError::BadHost(_) => "bad_host",
             GatewayError::BadPath(_) => "bad_path",
             GatewayError::HostNotAllowed => "host_not_allowed",
+            GatewayError::AuthenticationFailed(_) => "authentication_failed",
+            GatewayError::PermissionDenied { .. } => "permission_denied",
             GatewayError::RouteNotFound => "route_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
@@ -110,6 +127,7 @@ impl GatewayError {
                 serde_json::json!({ "allowed_methods": methods })
             }
             GatewayError::PayloadTooLarge { limit } => serde_json::json!({ "max_body_size": limit }),
+            GatewayError::PermissionDenied { missing } => serde_json::json!({ "missing_permission": missing }),
             _ => serde_json::Value::Null,
         }
     }
@@ -142,8 +160,20 @@ impl GatewayError {
     ) -> pingora::Result<(ResponseHeader, Bytes)> {
         let body = self.body(request_id.to_str().unwrap_or(""));
         let mut resp = json_response(self.status(), body.len(), request_id_header, request_id)?;
-        if let GatewayError::MethodNotAllowed { allow } = self {
-            resp.insert_header(http::header::ALLOW, allow.clone())?;
+        match self {
+            GatewayError::MethodNotAllowed { allow } => {
+                resp.insert_header(http::header::ALLOW, allow.clone())?;
+            }
+            // RFC 6750 §3: no `error` attribute when the request carried no credential.
+            GatewayError::AuthenticationFailed(failure) => {
+                let challenge = match failure.bearer_error() {
+                    Some("invalid_request") => r#"Bearer realm="portcullis", error="invalid_request""#,
+                    Some(_) => r#"Bearer realm="portcullis", error="invalid_token""#,
+                    None => r#"Bearer realm="portcullis""#,
+                };
+                resp.insert_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge))?;
+            }
+            _ => {}
         }
         Ok((resp, body))
     }

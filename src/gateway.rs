@@ -6,11 +6,11 @@
 //! | Pingora phase             | stages                                                        |
 //! |---------------------------|---------------------------------------------------------------|
 //! | `new_ctx`                 | read the runtime config once                                  |
-//! | `request_filter`          | request id → host (400/421) → path (400) → route (404/405) → body length (413) → client address; `builtin:echo` answers here |
+//! | `request_filter`          | request id → host (400/421) → path (400) → route (404/405) → body length (413) → client address → credentials (401) → permissions (403); `builtin:echo` answers here |
 //! | `request_body_filter`     | streamed body limit (413)                                     |
 //! | `upstream_peer`           | round-robin target                                            |
 //! | `fail_to_connect`         | next target on connect failure                                |
-//! | `upstream_request_filter` | header hygiene, forwarding headers, canonical path            |
+//! | `upstream_request_filter` | header hygiene, forwarding and identity headers, canonical path |
 //! | `response_filter`         | request id on the response                                    |
 //! | `fail_to_proxy`           | 502 / 504 / 413 as JSON                                       |
 
@@ -65,6 +65,10 @@ impl Gateway {
         ctx.peer =
             session.client_addr().and_then(|a| a.as_inet()).map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         ctx.client_ip = rt.trusted_proxies.client_ip(ctx.peer, &req.headers);
+
+        let route = ctx.route.map(|id| rt.routes.get(id)).ok_or(GatewayError::Internal)?;
+        ctx.principal = rt.auth.authenticate(route.auth, &req.headers)?;
+        rt.auth.authorize(ctx.principal, &route.permissions)?;
         Ok(())
     }
 
@@ -117,6 +121,8 @@ impl Gateway {
             host: &ctx.host,
             canonical_path: ctx.canonical_path.as_deref(),
             request_id: (&ctx.runtime.request_id_header, &ctx.request_id),
+            identity: ctx.principal.map(|p| ctx.runtime.auth.identity(p)),
+            strip_credentials: (!ctx.runtime.auth.forward_credentials).then_some(&ctx.runtime.auth.api_key_headers[..]),
         };
         forward::prepare_upstream_request(upstream_request, &ctx.runtime.trusted_proxies, &fwd)
     }

@@ -3,10 +3,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use portcullis::cli::{self, Cli, Command};
+use portcullis::cli::{self, Cli, Command, KeysCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Keys(keys)) = &cli.command {
+        return run_keys(keys);
+    }
     let config = match portcullis::config::load(&cli.config) {
         Ok(config) => config,
         Err(errors) => {
@@ -20,9 +23,38 @@ fn main() -> ExitCode {
             print!("{}", cli::summary(&config));
             ExitCode::SUCCESS
         }
+        Command::Keys(_) => ExitCode::SUCCESS,
         Command::Run => {
             init_logging(&config.process.log_level);
             portcullis::run(config)
+        }
+    }
+}
+
+/// `portcullis keys ...`: needs no configuration.
+fn run_keys(command: &KeysCommand) -> ExitCode {
+    match command {
+        KeysCommand::Generate { id, permissions, expires_in } => {
+            match cli::generate_key(id, permissions, expires_in.as_deref()) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis keys generate: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        KeysCommand::Hash => {
+            let mut key = String::new();
+            if std::io::stdin().read_line(&mut key).is_err() || key.trim_end_matches(['\r', '\n']).is_empty() {
+                eprintln!("portcullis keys hash: give the key on standard input");
+                return ExitCode::from(2);
+            }
+            let key = key.trim_end_matches(['\r', '\n']);
+            println!("hash = \"{}\"", portcullis::pipeline::auth::apikey::hash_line(key));
+            ExitCode::SUCCESS
         }
     }
 }

@@ -9,7 +9,9 @@
 //!   the peer is a trusted proxy, and so are `X-Forwarded-Proto`, `X-Forwarded-Host` and
 //!   `Forwarded` (dropped otherwise);
 //! - `Host` is the validated host, the request-target is origin-form with the canonical path,
-//!   and the request id is set.
+//!   and the request id is set;
+//! - the verified identity is set as `X-Auth-*` headers, and the credential itself
+//!   (`Authorization`, the API-key headers) is removed unless `auth.forward_credentials`.
 
 use std::net::IpAddr;
 
@@ -18,6 +20,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use pingora::http::RequestHeader;
 
 use crate::error::GatewayError;
+use crate::pipeline::auth::Identity;
 use crate::pipeline::client::TrustedProxies;
 
 /// Headers that describe one connection, never forwarded.
@@ -39,6 +42,10 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
+const X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
+const X_AUTH_KEY_ID: HeaderName = HeaderName::from_static("x-auth-key-id");
+const X_AUTH_PERMISSIONS: HeaderName = HeaderName::from_static("x-auth-permissions");
 
 /// What the forward stage needs to know about the request beyond its headers.
 pub struct Forwarding<'a> {
@@ -52,6 +59,11 @@ pub struct Forwarding<'a> {
     pub canonical_path: Option<&'a str>,
     /// The request id header name and value.
     pub request_id: (&'a HeaderName, &'a HeaderValue),
+    /// The verified caller's identity headers, if any.
+    pub identity: Option<Identity<'a>>,
+    /// `Some(api_key_headers)`: remove `Authorization` and these (credentials are not
+    /// forwarded); `None`: forward them.
+    pub strip_credentials: Option<&'a [HeaderName]>,
 }
 
 /// Rewrites `req` (a copy of the client's request) into what the upstream receives.
@@ -65,6 +77,20 @@ pub fn prepare_upstream_request(
         req.remove_header(name);
     }
     remove_identity_headers(req);
+    if let Some(api_key_headers) = fwd.strip_credentials {
+        req.remove_header(&http::header::AUTHORIZATION);
+        for name in api_key_headers {
+            req.remove_header(name);
+        }
+    }
+    if let Some(id) = &fwd.identity {
+        set(req, X_AUTH_SUBJECT, id.subject.clone())?;
+        set(req, X_AUTH_METHOD, id.method.clone())?;
+        if let Some(key_id) = id.key_id {
+            set(req, X_AUTH_KEY_ID, key_id.clone())?;
+        }
+        set(req, X_AUTH_PERMISSIONS, id.permissions.clone())?;
+    }
 
     let trusted = proxies.contains(fwd.peer);
     let peer = HeaderValue::from_str(&fwd.peer.to_string()).map_err(|_| GatewayError::Internal)?;
@@ -173,6 +199,8 @@ mod tests {
             host: &host,
             canonical_path: Some("/a/b"),
             request_id: (&name, &id),
+            identity: None,
+            strip_credentials: None,
         };
         prepare_upstream_request(req, &proxies, &fwd).unwrap();
     }

@@ -6,9 +6,11 @@
 //! 4. [`route`]: host, longest path prefix, method (404 / 405).
 //! 5. [`body`]: request body limits (413).
 //! 6. [`client`]: the client address, through trusted proxies.
-//! 7. [`upstream`]: target choice, or [`echo`] for `builtin:echo` (502 / 504).
-//! 8. [`forward`]: header hygiene and forwarding headers.
+//! 7. [`auth`]: credentials (401) and the route's permissions (403).
+//! 8. [`upstream`]: target choice, or [`echo`] for `builtin:echo` (502 / 504).
+//! 9. [`forward`]: header hygiene, forwarding and identity headers.
 
+pub mod auth;
 pub mod body;
 pub mod client;
 pub mod echo;

@@ -46,6 +46,8 @@ pub struct Route {
     pub upstream: usize,
     /// Authentication mode.
     pub auth: AuthMode,
+    /// Permissions a caller needs, all of them.
+    pub permissions: Vec<Box<str>>,
 }
 
 impl Route {
@@ -143,6 +145,7 @@ mod tests {
             methods: methods.map(|ms| ms.iter().map(|m| Method::from_bytes(m.as_bytes()).unwrap()).collect()),
             upstream: 0,
             auth: AuthMode::None,
+            permissions: Vec::new(),
         }
     }
 

@@ -1,0 +1,305 @@
+//! Authentication: who is calling.
+//!
+//! Credentials are read from the configured API-key headers (default `X-API-Key`) and from
+//! `Authorization: Bearer <token>`. Exactly one credential may be presented: two different ones,
+//! a repeated header, an empty or oversize bearer value are refused as malformed rather than
+//! guessed at. A bearer value shaped like a JWT (three dot-separated segments) is a JWT; anything
+//! else is an API key.
+//!
+//! The route's `auth` mode then decides: `none` never looks at credentials, `optional` lets
+//! anonymous requests through but refuses bad credentials, `required` (the default) refuses both.
+
+pub mod apikey;
+
+use std::time::SystemTime;
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::error::GatewayError;
+use crate::pipeline::route::AuthMode;
+use apikey::ApiKeys;
+
+/// The longest credential accepted: a bearer token or API key over this is refused unread.
+pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
+
+/// Why authentication failed: a bounded set, for metrics and audit logs. Clients see one
+/// generic message whatever the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credential was presented.
+    Missing,
+    /// The credential could not be read (empty, repeated, two kinds at once, oversize).
+    Malformed,
+    /// No key has this hash.
+    UnknownKey,
+    /// The key has expired.
+    Expired,
+    /// The key is disabled.
+    Disabled,
+    /// A JWT was presented and no issuer is configured to verify it.
+    UnsupportedToken,
+}
+
+impl AuthFailure {
+    /// The metric and log label.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::UnknownKey => "unknown_key",
+            AuthFailure::Expired => "expired",
+            AuthFailure::Disabled => "disabled",
+            AuthFailure::UnsupportedToken => "unsupported_token",
+        }
+    }
+
+    /// The RFC 6750 `error` attribute of `WWW-Authenticate`: none when nothing was sent.
+    pub fn bearer_error(self) -> Option<&'static str> {
+        match self {
+            AuthFailure::Missing => None,
+            AuthFailure::Malformed => Some("invalid_request"),
+            _ => Some("invalid_token"),
+        }
+    }
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// An API key, by index in [`Authenticator::keys`].
+    ApiKey(usize),
+}
+
+/// A credential as presented, before verification.
+#[derive(Debug, PartialEq, Eq)]
+enum Credential<'a> {
+    None,
+    ApiKey(&'a [u8]),
+    Jwt,
+}
+
+/// The validated `[auth]` section.
+#[derive(Debug)]
+pub struct Authenticator {
+    /// Headers an API key may arrive in.
+    pub api_key_headers: Vec<HeaderName>,
+    /// Forward `Authorization` and the API-key headers to upstreams.
+    pub forward_credentials: bool,
+    /// The API keys.
+    pub keys: ApiKeys,
+}
+
+impl Default for Authenticator {
+    fn default() -> Self {
+        Authenticator {
+            api_key_headers: vec![HeaderName::from_static(DEFAULT_API_KEY_HEADER)],
+            forward_credentials: false,
+            keys: ApiKeys::default(),
+        }
+    }
+}
+
+/// `auth.api_key_headers` when unset.
+pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
+
+impl Authenticator {
+    /// Applies the route's auth mode: the verified principal, `None` for an anonymous request
+    /// the route lets through, or 401.
+    pub fn authenticate(&self, mode: AuthMode, headers: &HeaderMap) -> Result<Option<Principal>, GatewayError> {
+        if mode == AuthMode::None {
+            return Ok(None);
+        }
+        let failure = match self.credential(headers) {
+            Ok(Credential::None) if mode == AuthMode::Optional => return Ok(None),
+            Ok(Credential::None) => AuthFailure::Missing,
+            Ok(Credential::ApiKey(key)) => match self.keys.verify(key, SystemTime::now()) {
+                Ok(index) => return Ok(Some(Principal::ApiKey(index))),
+                Err(failure) => failure,
+            },
+            Ok(Credential::Jwt) => AuthFailure::UnsupportedToken,
+            Err(failure) => failure,
+        };
+        Err(GatewayError::AuthenticationFailed(failure))
+    }
+
+    /// Checks that `principal` holds every permission in `required`; 403 naming the first missing.
+    pub fn authorize(&self, principal: Option<Principal>, required: &[Box<str>]) -> Result<(), GatewayError> {
+        let granted: &[Box<str>] = match principal {
+            Some(Principal::ApiKey(i)) => &self.keys.get(i).permissions,
+            None if required.is_empty() => return Ok(()),
+            None => return Err(GatewayError::AuthenticationFailed(AuthFailure::Missing)),
+        };
+        match required.iter().find(|p| !granted.contains(p)) {
+            Some(missing) => Err(GatewayError::PermissionDenied { missing: missing.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// The identity headers for a principal: (subject, method, key id, permissions).
+    pub fn identity(&self, principal: Principal) -> Identity<'_> {
+        match principal {
+            Principal::ApiKey(i) => {
+                let key = self.keys.get(i);
+                Identity {
+                    subject: &key.subject_header,
+                    method: HeaderValue::from_static("api_key"),
+                    key_id: Some(&key.id_header),
+                    permissions: &key.permissions_header,
+                }
+            }
+        }
+    }
+
+    fn credential<'h>(&self, headers: &'h HeaderMap) -> Result<Credential<'h>, AuthFailure> {
+        let mut found: Option<&'h [u8]> = None;
+        for name in &self.api_key_headers {
+            let mut values = headers.get_all(name).iter();
+            if let Some(value) = values.next() {
+                if values.next().is_some() || found.is_some_and(|f| f != value.as_bytes()) {
+                    return Err(AuthFailure::Malformed);
+                }
+                found = Some(value.as_bytes());
+            }
+        }
+        let mut authorization = headers.get_all(AUTHORIZATION).iter();
+        if let Some(value) = authorization.next() {
+            if authorization.next().is_some() || found.is_some() {
+                return Err(AuthFailure::Malformed);
+            }
+            let token = bearer_token(value.as_bytes()).ok_or(AuthFailure::Malformed)?;
+            if token.len() > MAX_CREDENTIAL_LEN {
+                return Err(AuthFailure::Malformed);
+            }
+            if token.iter().filter(|&&b| b == b'.').count() == 2 {
+                return Ok(Credential::Jwt);
+            }
+            return Ok(Credential::ApiKey(token));
+        }
+        match found {
+            Some(key) if key.is_empty() || key.len() > MAX_CREDENTIAL_LEN => Err(AuthFailure::Malformed),
+            Some(key) => Ok(Credential::ApiKey(key)),
+            None => Ok(Credential::None),
+        }
+    }
+}
+
+/// The identity headers of a verified request, borrowed from values rendered at load.
+pub struct Identity<'a> {
+    /// `X-Auth-Subject`.
+    pub subject: &'a HeaderValue,
+    /// `X-Auth-Method`.
+    pub method: HeaderValue,
+    /// `X-Auth-Key-Id`.
+    pub key_id: Option<&'a HeaderValue>,
+    /// `X-Auth-Permissions`.
+    pub permissions: &'a HeaderValue,
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive, one space, no spaces in the token).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.strip_prefix(b" ")?;
+    if token.is_empty() || token.iter().any(|b| b.is_ascii_whitespace()) {
+        return None;
+    }
+    Some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::apikey::{hash_line, parse_hash, ApiKey};
+    use super::*;
+
+    fn auth() -> Authenticator {
+        let key = ApiKey::new(
+            "ci",
+            parse_hash(&hash_line("secret-key")).unwrap(),
+            "service:ci",
+            vec!["read_models".into(), "run_inference".into()],
+            None,
+            false,
+        )
+        .unwrap();
+        Authenticator { keys: ApiKeys::new(vec![key]).unwrap(), ..Authenticator::default() }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn failure(a: &Authenticator, mode: AuthMode, pairs: &[(&str, &str)]) -> AuthFailure {
+        match a.authenticate(mode, &headers(pairs)) {
+            Err(GatewayError::AuthenticationFailed(f)) => f,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_the_key_in_either_place() {
+        let a = auth();
+        assert_eq!(
+            a.authenticate(AuthMode::Required, &headers(&[("x-api-key", "secret-key")])),
+            Ok(Some(Principal::ApiKey(0)))
+        );
+        assert_eq!(
+            a.authenticate(AuthMode::Required, &headers(&[("authorization", "bearer secret-key")])),
+            Ok(Some(Principal::ApiKey(0)))
+        );
+        // The same key in both places is one credential.
+        assert!(a.authenticate(AuthMode::Required, &headers(&[("x-api-key", "secret-key")])).is_ok());
+    }
+
+    #[test]
+    fn modes() {
+        let a = auth();
+        assert_eq!(a.authenticate(AuthMode::None, &headers(&[("x-api-key", "wrong")])), Ok(None));
+        assert_eq!(a.authenticate(AuthMode::Optional, &headers(&[])), Ok(None));
+        assert_eq!(failure(&a, AuthMode::Optional, &[("x-api-key", "wrong")]), AuthFailure::UnknownKey);
+        assert_eq!(failure(&a, AuthMode::Required, &[]), AuthFailure::Missing);
+    }
+
+    #[test]
+    fn malformed_credentials() {
+        let a = auth();
+        let long = "k".repeat(MAX_CREDENTIAL_LEN + 1);
+        let bearer_long = format!("Bearer {long}");
+        for pairs in [
+            &[("authorization", "Bearer")][..],
+            &[("authorization", "Bearer ")],
+            &[("authorization", "Bearer a b")],
+            &[("authorization", "Basic dTpw")],
+            &[("authorization", "Bearer secret-key"), ("authorization", "Bearer secret-key")],
+            &[("x-api-key", "secret-key"), ("x-api-key", "secret-key")],
+            &[("x-api-key", "secret-key"), ("authorization", "Bearer secret-key")],
+            &[("x-api-key", "")],
+            &[("x-api-key", long.as_str())],
+            &[("authorization", bearer_long.as_str())],
+        ] {
+            assert_eq!(failure(&a, AuthMode::Required, pairs), AuthFailure::Malformed, "{pairs:?}");
+        }
+        assert_eq!(
+            failure(&a, AuthMode::Required, &[("authorization", "Bearer a.b.c")]),
+            AuthFailure::UnsupportedToken
+        );
+    }
+
+    #[test]
+    fn permissions() {
+        let a = auth();
+        let p = Some(Principal::ApiKey(0));
+        assert_eq!(a.authorize(p, &["read_models".into()]), Ok(()));
+        assert_eq!(
+            a.authorize(p, &["read_models".into(), "write_models".into()]),
+            Err(GatewayError::PermissionDenied { missing: "write_models".into() })
+        );
+        assert_eq!(a.authorize(None, &[]), Ok(()));
+    }
+}
