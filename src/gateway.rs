@@ -55,7 +55,9 @@ impl Gateway {
         ctx.host = host.authority;
 
         let canonical = path::normalize(req.uri.path())?;
-        ctx.route = Some(rt.routes.lookup(host.name.as_str(), &canonical, &req.method)?);
+        let route_id = rt.routes.lookup(host.name.as_str(), &canonical, &req.method)?;
+        rt.routes.check_unambiguous(host.name.as_str(), &canonical, route_id)?;
+        ctx.route = Some(route_id);
         if let Cow::Owned(p) = canonical {
             ctx.canonical_path = Some(p);
         }
@@ -188,6 +190,8 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let peer = Self::upstream_of(ctx).and_then(|u| u.peer(ctx.rotation_start, ctx.attempts));
         ctx.attempts += 1;
+        // A retry replays the buffered body through request_body_filter: count it afresh.
+        ctx.body_bytes = 0;
         peer.ok_or_else(|| Error::explain(ErrorType::InternalError, "route has no upstream target"))
     }
 

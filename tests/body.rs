@@ -80,6 +80,34 @@ async fn streamed_body_past_the_limit_is_cut_off_with_413() {
     let gw = setup(&upstream.addr.to_string()).await;
     let resp = raw(gw.addr, &chunked(&[600, 600, 600])).await;
     assert_error(&resp, 413, "PAYLOAD_TOO_LARGE");
+    // The rest of the body was never read: the connection cannot be reused.
+    assert_eq!(resp.header("connection"), Some("close"));
+}
+
+#[tokio::test]
+async fn http2_bodies_are_counted_too() {
+    let upstream = Upstream::start("api").await;
+    let config = format!(
+        "[server]\nallowed_hosts = [\"localhost\"]\nmax_body_size = \"1KiB\"\n[[upstream]]\nname = \"api\"\ntargets = [\"{}\"]\n[[route]]\npath = \"/\"\nupstream = \"api\"\nauth = \"none\"\n",
+        upstream.addr
+    );
+    let gw = Gateway::start_with(&config, "h2c = true").await;
+    for (size, status) in [(1000usize, 200u16), (3000, 413)] {
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post("http://localhost/upload").body(()).unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        // Sent in chunks, without content-length: only counting can stop it.
+        for _ in 0..size / 500 {
+            body.reserve_capacity(500);
+            let _ = body.send_data(bytes::Bytes::from(vec![b'z'; 500]), false);
+        }
+        let _ = body.send_data(bytes::Bytes::new(), true);
+        let response = response.await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{size} bytes");
+    }
 }
 
 #[tokio::test]

@@ -170,6 +170,17 @@ fn each_bad_config_is_refused_naming_its_key() {
             "server.environment",
             "not an environment",
         ),
+        (BASE.replace("[server]\n", "[server]\nrequest_id_header = \"Host\"\n"), "server.request_id_header", "gateway sets"),
+        (
+            BASE.replace("[server]\n", "[server]\nrequest_id_header = \"X-Forwarded-For\"\n"),
+            "server.request_id_header",
+            "gateway sets",
+        ),
+        (
+            BASE.replace("allowed_hosts = [\"localhost\"]", "allowed_hosts = [\"*\"]").replace("[[route]]\n", "[[route]]\nhost = \"*\"\n"),
+            "route[0].host",
+            "shadow",
+        ),
         ("[server\nx = 1".to_string(), "", "TOML"),
     ];
     for (text, key, problem) in cases {

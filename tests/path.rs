@@ -91,18 +91,34 @@ async fn ambiguous_paths_are_refused_before_any_upstream() {
 }
 
 #[tokio::test]
-async fn routes_are_case_sensitive_and_segment_aware() {
-    let (gw, admin, _public) = setup().await;
-    for (sent, canonical) in
-        [("/ADMIN", "/ADMIN"), ("/Admin/users", "/Admin/users"), ("/adminx", "/adminx"), ("/%41DMIN", "/ADMIN")]
-    {
+async fn spellings_a_lenient_backend_would_take_for_admin_are_refused() {
+    let (gw, admin, public) = setup().await;
+    // Case-insensitive backends (Express, ASP.NET) and suffix-stripping ones (Rails formats, IIS
+    // trailing dots) would serve these as /admin, while exact matching would send them to "/".
+    for sent in ["/ADMIN", "/Admin/users", "/%41DMIN", "/admin.json", "/admin.", "/admin%20", "/ADMIN.json"] {
         let resp = get_with_host(gw.addr, sent, "localhost").await;
-        assert_eq!(resp.status, 200);
+        assert_error(&resp, 400, "BAD_PATH");
+    }
+    assert_eq!(admin.hits() + public.hits(), 0);
+}
+
+#[tokio::test]
+async fn routes_are_segment_aware_and_unrelated_spellings_pass() {
+    let (gw, admin, _public) = setup().await;
+    for (sent, canonical, upstream) in [
+        ("/adminx", "/adminx", "public"),
+        ("/Public/Docs", "/Public/Docs", "public"),
+        ("/report.json", "/report.json", "public"),
+        ("/admin/Users", "/admin/Users", "admin"),
+        ("/admin/export.json", "/admin/export.json", "admin"),
+    ] {
+        let resp = get_with_host(gw.addr, sent, "localhost").await;
+        assert_eq!(resp.status, 200, "{sent}");
         let seen = resp.json();
-        assert_eq!(seen["upstream"], "public", "{sent} must not match the /admin route");
+        assert_eq!(seen["upstream"], upstream, "{sent}");
         assert_eq!(seen["target"], canonical);
     }
-    assert_eq!(admin.hits(), 0);
+    assert_eq!(admin.hits(), 2);
 }
 
 #[tokio::test]

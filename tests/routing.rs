@@ -83,6 +83,31 @@ async fn wrong_method_is_405_with_allow_and_no_fallback() {
 }
 
 #[tokio::test]
+async fn head_and_options_are_methods_like_any_other() {
+    let (gw, a, _b) = setup().await;
+    // models-read allows HEAD explicitly; the catch-all /api allows everything.
+    let head =
+        common::raw_head(gw.addr, b"HEAD /api/v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await;
+    assert_eq!(head.status, 200);
+    let resp = send(&gw, "OPTIONS", "/api/v1/models", "localhost").await;
+    assert_error(&resp, 405, "METHOD_NOT_ALLOWED");
+    assert_eq!(a.hits(), 1);
+}
+
+#[tokio::test]
+async fn the_gateway_request_id_replaces_one_the_upstream_sends() {
+    let (gw, _a, _b) = setup().await;
+    let req =
+        "GET /api/upstream-id HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: client-id-1\r\nConnection: close\r\n\r\n";
+    let resp = raw(gw.addr, req.as_bytes()).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-upstream"), Some("a"), "the upstream answered");
+    let ids: Vec<&str> = resp.headers.iter().filter(|(k, _)| k == "x-request-id").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(ids, ["client-id-1"]);
+}
+
+#[tokio::test]
 async fn unknown_path_is_404() {
     let (gw, a, b) = setup().await;
     for path in ["/", "/apix", "/other/api"] {

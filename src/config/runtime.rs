@@ -49,6 +49,24 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// The target that makes the gateway answer with the request it would forward.
 pub const ECHO_TARGET: &str = "builtin:echo";
 
+/// Header names `server.request_id_header` may not take (besides `X-Auth-*` and `X-Forwarded-*`).
+const RESERVED_REQUEST_ID_HEADERS: [&str; 14] = [
+    "host",
+    "forwarded",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "authorization",
+    "cookie",
+    "x-api-key",
+    "proxy-authorization",
+    "content-type",
+];
+
 /// Where the gateway runs: production refuses unsafe settings (operations issue).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Environment {
@@ -163,11 +181,16 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
             HeaderName::from_static(DEFAULT_REQUEST_ID_HEADER)
         }),
     };
-    if request_id_header.as_str().starts_with(crate::pipeline::forward::IDENTITY_HEADER_PREFIX) {
+    // The request id is set on the upstream request after the headers the gateway controls:
+    // naming one of those would let a client choose its value (`Host`, `X-Forwarded-For`, ...).
+    let reserved_id_header = request_id_header.as_str().starts_with(crate::pipeline::forward::IDENTITY_HEADER_PREFIX)
+        || request_id_header.as_str().starts_with("x-forwarded-")
+        || RESERVED_REQUEST_ID_HEADERS.contains(&request_id_header.as_str());
+    if reserved_id_header {
         p.push(
             "server.request_id_header",
-            "is an X-Auth-* name, which the gateway strips",
-            "use a name such as \"X-Request-Id\"",
+            format!("\"{request_id_header}\" is a header the gateway sets or that frames the request"),
+            "use a name such as \"X-Request-Id\" or \"X-Correlation-Id\"",
         );
     }
     let shutdown_grace =
@@ -429,6 +452,14 @@ fn build_routes(
             p.push(&key("name"), format!("\"{name}\" names two routes"), "give each [[route]] its own name");
         }
         let host = r.host.as_deref().and_then(|h| match HostPattern::parse(h) {
+            Ok(HostPattern::Any) => {
+                p.push(
+                    &key("host"),
+                    "\"*\" would make this route shadow routes without a host",
+                    "remove the host key to match any host",
+                );
+                None
+            }
             Ok(pattern) if !hosts.covers(&pattern) => {
                 p.push(
                     &key("host"),

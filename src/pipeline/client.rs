@@ -57,14 +57,15 @@ impl TrustedProxies {
 
 /// An `X-Forwarded-For` entry: an IP, possibly with a port or brackets, as proxies write them.
 fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
-    if let Ok(ip) = entry.parse::<IpAddr>() {
+    let bare = entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')).unwrap_or(entry);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
         return Some(canonical(ip));
     }
     entry.parse::<std::net::SocketAddr>().ok().map(|s| canonical(s.ip()))
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) compare as the IPv4 address they carry.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -105,6 +106,8 @@ mod tests {
         // Two trusted hops.
         assert_eq!(p.client_ip(ip("10.0.0.1"), &headers(&["6.6.6.6", "1.2.3.4, 10.0.0.2"])), ip("1.2.3.4"));
         assert_eq!(p.client_ip(ip("::ffff:10.0.0.1"), &headers(&["1.2.3.4:5555"])), ip("1.2.3.4"));
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &headers(&["[2001:db8::1]"])), ip("2001:db8::1"));
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &headers(&["[2001:db8::1]:443"])), ip("2001:db8::1"));
     }
 
     #[test]

@@ -4,7 +4,12 @@
 //! - hop-by-hop headers (RFC 9110 §7.6.1) and every header the client listed in `Connection` are
 //!   removed, except the framing headers Pingora itself manages;
 //! - every client-sent `X-Auth-*` header is removed on every route: only the gateway speaks for
-//!   the identity of a request;
+//!   the identity of a request. So is every header with `_` in its name (as nginx does by
+//!   default): CGI-style servers (Rack/Puma, gunicorn, uWSGI) map `X_Auth_Subject` and
+//!   `X-Auth-Subject` to the same variable, so an underscore spelling would smuggle a forged
+//!   identity past a dash-only check;
+//! - headers that make backends act on another method or path (`X-HTTP-Method-Override`,
+//!   `X-Original-URL`, ...) are removed: the route's rules were checked for this method and path;
 //! - `X-Forwarded-For` gets the peer appended; what the client sent before it is kept only when
 //!   the peer is a trusted proxy, and so are `X-Forwarded-Proto`, `X-Forwarded-Host` and
 //!   `Forwarded` (dropped otherwise);
@@ -21,7 +26,7 @@ use pingora::http::RequestHeader;
 
 use crate::error::GatewayError;
 use crate::pipeline::auth::Identity;
-use crate::pipeline::client::TrustedProxies;
+use crate::pipeline::client::{canonical, TrustedProxies};
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -38,10 +43,32 @@ const HOP_BY_HOP: [&str; 8] = [
 /// The prefix of the identity headers only the gateway may set.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-auth-";
 
+/// Headers that make common frameworks serve another method or path than the one the route
+/// rules were checked for (Rack::MethodOverride, IIS URL Rewrite, Symfony, Zend, ...).
+const ROUTING_OVERRIDES: [&str; 6] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-method",
+];
+
+/// Client-address and proxy-path headers believed only from trusted proxies.
+const PROXY_ASSERTIONS: [&str; 8] = [
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+];
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 const X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
 const X_AUTH_KEY_ID: HeaderName = HeaderName::from_static("x-auth-key-id");
@@ -76,7 +103,8 @@ pub fn prepare_upstream_request(
     for name in HOP_BY_HOP {
         req.remove_header(name);
     }
-    remove_identity_headers(req);
+    let trusted = proxies.contains(fwd.peer);
+    remove_reserved_headers(req, trusted);
     if let Some(api_key_headers) = fwd.strip_credentials {
         req.remove_header(&http::header::AUTHORIZATION);
         for name in api_key_headers {
@@ -92,8 +120,7 @@ pub fn prepare_upstream_request(
         set(req, X_AUTH_PERMISSIONS, id.permissions.clone())?;
     }
 
-    let trusted = proxies.contains(fwd.peer);
-    let peer = HeaderValue::from_str(&fwd.peer.to_string()).map_err(|_| GatewayError::Internal)?;
+    let peer = HeaderValue::from_str(&canonical(fwd.peer).to_string()).map_err(|_| GatewayError::Internal)?;
     let xff = match (trusted, joined(req, &X_FORWARDED_FOR)) {
         (true, Some(prior)) => {
             let mut v = prior;
@@ -109,9 +136,6 @@ pub fn prepare_upstream_request(
     }
     if !trusted || req.headers.get(&X_FORWARDED_HOST).is_none() {
         set(req, X_FORWARDED_HOST, fwd.host.clone())?;
-    }
-    if !trusted {
-        req.remove_header(&FORWARDED);
     }
     set(req, HOST, fwd.host.clone())?;
     set(req, fwd.request_id.0.clone(), fwd.request_id.1.clone())?;
@@ -164,13 +188,21 @@ fn remove_connection_listed(req: &mut RequestHeader) {
     }
 }
 
-fn remove_identity_headers(req: &mut RequestHeader) {
+/// Removes what only the gateway (or a trusted proxy) may say: identity headers, underscore
+/// spellings, routing overrides, and, from untrusted peers, client-address assertions.
+fn remove_reserved_headers(req: &mut RequestHeader, trusted: bool) {
+    let reserved = |name: &HeaderName| {
+        let name = name.as_str();
+        name.starts_with(IDENTITY_HEADER_PREFIX)
+            || name.contains('_')
+            || ROUTING_OVERRIDES.contains(&name)
+            || (!trusted && PROXY_ASSERTIONS.contains(&name))
+    };
     // Collect only when there is something to remove: the common request allocates nothing here.
-    let is_identity = |name: &HeaderName| name.as_str().starts_with(IDENTITY_HEADER_PREFIX);
-    if !req.headers.keys().any(is_identity) {
+    if !req.headers.keys().any(reserved) {
         return;
     }
-    let forged: Vec<HeaderName> = req.headers.keys().filter(|n| is_identity(n)).cloned().collect();
+    let forged: Vec<HeaderName> = req.headers.keys().filter(|n| reserved(n)).cloned().collect();
     for name in forged {
         req.remove_header(&name);
     }
@@ -212,6 +244,11 @@ mod tests {
     #[test]
     fn strips_forged_identity_and_hop_by_hop() {
         let mut req = request(&[
+            ("X_Auth_Subject", "admin"),
+            ("x-auth_permissions", "write_config"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X-Original-URL", "/admin"),
+            ("X-Real-IP", "6.6.6.6"),
             ("X-Auth-Subject", "admin"),
             ("x-auth-permissions", "write_config"),
             ("Connection", "keep-alive, X-Secret"),
@@ -225,6 +262,11 @@ mod tests {
         for gone in [
             "x-auth-subject",
             "x-auth-permissions",
+            "x_auth_subject",
+            "x-auth_permissions",
+            "x-http-method-override",
+            "x-original-url",
+            "x-real-ip",
             "connection",
             "x-secret",
             "keep-alive",

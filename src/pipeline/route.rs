@@ -5,11 +5,18 @@
 //! `/api`, `/`), so `/api` matches `/api`, `/api/` and `/api/x` but never `/apix`, and the cost
 //! is one hash lookup per segment whatever the number of routes.
 //!
-//! At the longest path that has routes for the request's host, routes naming that host shadow
-//! routes without a host. If none of them allows the method the answer is 405 with `Allow`; the
+//! At the longest path that has routes for the request's host, the most specific host pattern
+//! wins (an exact name, then the longest `*.` suffix, then routes without a host), as in nginx's
+//! `server_name`, and shadows the less specific ones at that path. If none of them allows the method the answer is 405 with `Allow`; the
 //! gateway does not fall back to a shorter prefix, which would hand the request to a route whose
 //! rules were not written for it.
+//!
+//! Matching is case-sensitive, but many backends are not (Express, ASP.NET Core), and some strip
+//! a format suffix or trailing dot from the last segment (Rails `/admin.json`, older Spring MVC,
+//! IIS `/admin.`). [`RouteTable::check_unambiguous`] refuses a request that such a backend would
+//! serve as a more specific route than the one the gateway matched.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use http::{HeaderValue, Method};
@@ -60,8 +67,10 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    /// Path → routes at that path, host-specific ones first.
+    /// Path → routes at that path, most specific host first.
     by_path: HashMap<Box<str>, Vec<RouteId>>,
+    /// The same, keyed by lower-cased path.
+    by_folded_path: HashMap<Box<str>, Vec<RouteId>>,
 }
 
 impl RouteTable {
@@ -73,9 +82,52 @@ impl RouteTable {
             by_path.entry(route.path.clone()).or_default().push(id);
         }
         for ids in by_path.values_mut() {
-            ids.sort_by_key(|&id| routes[id].host.is_none());
+            ids.sort_by_key(|&id| host_rank(routes[id].host.as_ref()));
         }
-        RouteTable { routes, by_path }
+        let mut by_folded_path: HashMap<Box<str>, Vec<RouteId>> = HashMap::new();
+        for (id, route) in routes.iter().enumerate() {
+            by_folded_path.entry(route.path.to_ascii_lowercase().into()).or_default().push(id);
+        }
+        RouteTable { routes, by_path, by_folded_path }
+    }
+
+    /// Refuses a path that a case-insensitive or suffix-stripping backend would take for a more
+    /// specific route than `matched` (e.g. `/ADMIN` or `/admin.json` matched `/` while `/admin`
+    /// exists).
+    pub fn check_unambiguous(&self, host: &str, path: &str, matched: RouteId) -> Result<(), GatewayError> {
+        let matched_len = self.routes[matched].path.len();
+        let folded: Cow<'_, str> = if path.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(path.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(path)
+        };
+        let last_segment = folded.rfind('/').map_or(0, |i| i + 1);
+        let stripped = folded[last_segment..].find(['.', '%']).map(|cut| &folded[..last_segment + cut]);
+        let ambiguous = |candidate: &str| self.longest_prefix_len(&self.by_folded_path, host, candidate) > matched_len;
+        if (matches!(folded, Cow::Owned(_)) && ambiguous(&folded)) || stripped.is_some_and(ambiguous) {
+            return Err(GatewayError::BadPath(
+                "the path differs from a more specific route only by letter case or suffix",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The length of the longest prefix of `path` with routes for `host` in `index`, or 0.
+    fn longest_prefix_len(&self, index: &HashMap<Box<str>, Vec<RouteId>>, host: &str, path: &str) -> usize {
+        let mut end = if path.len() > 1 { path.trim_end_matches('/').len().max(1) } else { 1 };
+        loop {
+            let prefix = &path[..end];
+            let serves_host = |ids: &Vec<RouteId>| {
+                ids.iter().any(|&id| self.routes[id].host.as_ref().is_none_or(|h| h.matches(host)))
+            };
+            if index.get(prefix).is_some_and(serves_host) {
+                return prefix.len();
+            }
+            if end == 1 {
+                return 0;
+            }
+            end = path[..end].rfind('/').unwrap_or(0).max(1);
+        }
     }
 
     /// The route by id.
@@ -107,11 +159,10 @@ impl RouteTable {
     fn lookup_exact(&self, host: &str, prefix: &str, method: &Method) -> Option<Result<RouteId, GatewayError>> {
         let ids = self.by_path.get(prefix)?;
         let matching = ids.iter().copied().filter(|&id| self.routes[id].host.as_ref().is_none_or(|h| h.matches(host)));
-        // Host-specific routes sort first; if any matches, host-less ones at this path are shadowed.
-        let mut pool = matching.clone().peekable();
-        let first = *pool.peek()?;
-        let specific = self.routes[first].host.is_some();
-        let pool = matching.filter(|&id| self.routes[id].host.is_some() == specific);
+        // The most specific matching host pattern sorts first and shadows the others at this path.
+        let first = matching.clone().next()?;
+        let best = &self.routes[first].host;
+        let pool = matching.filter(|&id| self.routes[id].host == *best);
         for id in pool.clone() {
             if self.routes[id].allows(method) {
                 return Some(Ok(id));
@@ -130,6 +181,15 @@ impl RouteTable {
             }
         }
         HeaderValue::from_str(&methods.join(", ")).unwrap_or(HeaderValue::from_static(""))
+    }
+}
+
+/// Sort key for host specificity: exact names, then longer wildcard suffixes, then no host.
+fn host_rank(host: Option<&HostPattern>) -> (u8, std::cmp::Reverse<usize>) {
+    match host {
+        Some(HostPattern::Exact(_)) => (0, std::cmp::Reverse(0)),
+        Some(HostPattern::Subdomains(suffix)) => (1, std::cmp::Reverse(suffix.len())),
+        Some(HostPattern::Any) | None => (2, std::cmp::Reverse(0)),
     }
 }
 
@@ -157,6 +217,7 @@ mod tests {
             route("models-write", None, "/api/v1/models", Some(&["POST"])),
             route("admin", None, "/admin", None),
             route("special", Some("special.example.com"), "/api", Some(&["DELETE"])),
+            route("wild", Some("*.example.com"), "/api", Some(&["PUT"])),
         ])
     }
 
@@ -190,7 +251,35 @@ mod tests {
         let t = table();
         assert_eq!(name(&t, "special.example.com", "/api", "DELETE").as_deref(), Ok("special"));
         assert!(matches!(name(&t, "special.example.com", "/api", "GET"), Err(GatewayError::MethodNotAllowed { .. })));
-        assert_eq!(name(&t, "other.example.com", "/api", "GET").as_deref(), Ok("api"));
+        // Exact beats wildcard, wildcard beats no host.
+        assert_eq!(name(&t, "other.example.com", "/api", "PUT").as_deref(), Ok("wild"));
+        assert!(matches!(name(&t, "other.example.com", "/api", "GET"), Err(GatewayError::MethodNotAllowed { .. })));
+        assert_eq!(name(&t, "elsewhere.org", "/api", "GET").as_deref(), Ok("api"));
+    }
+
+    #[test]
+    fn backend_equivalent_spellings_of_a_more_specific_route_are_refused() {
+        let t = table();
+        let check = |path: &str| {
+            let id = t.lookup("h", path, &Method::GET).unwrap();
+            t.check_unambiguous("h", path, id)
+        };
+        for path in
+            ["/ADMIN", "/Admin/users", "/admin.json", "/admin.", "/admin%20", "/API/v1/models", "/api/v1/models.xml"]
+        {
+            assert!(matches!(check(path), Err(GatewayError::BadPath(_))), "{path}");
+        }
+        for path in [
+            "/admin",
+            "/admin/Users",
+            "/admin/report.json",
+            "/Other",
+            "/files.json",
+            "/api/v1/models/7.json",
+            "/adminx",
+        ] {
+            assert_eq!(check(path), Ok(()), "{path}");
+        }
     }
 
     #[test]

@@ -179,11 +179,12 @@ async fn answer(name: &'static str, req: Request<Incoming>) -> Result<Response<F
         "headers": headers,
         "body_bytes": body_bytes,
     });
-    let response = Response::builder()
-        .header("content-type", "application/json")
-        .header("x-upstream", name)
-        .body(Full::new(Bytes::from(doc.to_string())))
-        .unwrap();
+    let mut response = Response::builder().header("content-type", "application/json").header("x-upstream", name);
+    if parts.uri.path().ends_with("/upstream-id") {
+        // An upstream that sets its own request id, which the gateway must not let through.
+        response = response.header("x-request-id", "set-by-upstream");
+    }
+    let response = response.body(Full::new(Bytes::from(doc.to_string()))).unwrap();
     Ok(response)
 }
 
@@ -254,6 +255,29 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
         let mut chunk = [0u8; 8192];
         let read = tokio::time::timeout(deadline, stream.read(&mut chunk)).await.expect("response timed out").unwrap();
         assert!(read > 0, "connection closed before a response: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Sends `request` and reads only the status line and headers (for HEAD requests).
+pub async fn raw_head(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(_)) = parsed.parse(&buf) {
+            let headers = parsed
+                .headers
+                .iter()
+                .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                .collect();
+            return RawResponse { status: parsed.code.unwrap(), headers, body: Vec::new() };
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(read > 0, "connection closed before a response");
         buf.extend_from_slice(&chunk[..read]);
     }
 }
