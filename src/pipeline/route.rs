@@ -114,20 +114,9 @@ impl RouteTable {
 
     /// The length of the longest prefix of `path` with routes for `host` in `index`, or 0.
     fn longest_prefix_len(&self, index: &HashMap<Box<str>, Vec<RouteId>>, host: &str, path: &str) -> usize {
-        let mut end = if path.len() > 1 { path.trim_end_matches('/').len().max(1) } else { 1 };
-        loop {
-            let prefix = &path[..end];
-            let serves_host = |ids: &Vec<RouteId>| {
-                ids.iter().any(|&id| self.routes[id].host.as_ref().is_none_or(|h| h.matches(host)))
-            };
-            if index.get(prefix).is_some_and(serves_host) {
-                return prefix.len();
-            }
-            if end == 1 {
-                return 0;
-            }
-            end = path[..end].rfind('/').unwrap_or(0).max(1);
-        }
+        let serves_host =
+            |ids: &Vec<RouteId>| ids.iter().any(|&id| self.routes[id].host.as_ref().is_none_or(|h| h.matches(host)));
+        prefixes(path).find(|prefix| index.get(*prefix).is_some_and(serves_host)).map_or(0, str::len)
     }
 
     /// The route by id.
@@ -142,16 +131,9 @@ impl RouteTable {
 
     /// Finds the route for a normalised host, a canonical path and a method.
     pub fn lookup(&self, host: &str, path: &str, method: &Method) -> Result<RouteId, GatewayError> {
-        let mut end = if path.len() > 1 { path.trim_end_matches('/').len().max(1) } else { 1 };
-        loop {
-            if let Some(found) = self.lookup_exact(host, &path[..end], method) {
-                return found;
-            }
-            if end == 1 {
-                return Err(GatewayError::RouteNotFound);
-            }
-            end = path[..end].rfind('/').unwrap_or(0).max(1);
-        }
+        prefixes(path)
+            .find_map(|prefix| self.lookup_exact(host, prefix, method))
+            .unwrap_or(Err(GatewayError::RouteNotFound))
     }
 
     /// Routes at exactly `prefix` for `host`: `None` when there are none, so the caller tries a
@@ -182,6 +164,18 @@ impl RouteTable {
         }
         HeaderValue::from_str(&methods.join(", ")).unwrap_or(HeaderValue::from_static(""))
     }
+}
+
+/// The prefixes of a canonical path at segment boundaries, longest first:
+/// `/a/b/c/` → `/a/b/c`, `/a/b`, `/a`, `/`.
+fn prefixes(path: &str) -> impl Iterator<Item = &str> {
+    let first = path.trim_end_matches('/');
+    let first = if first.is_empty() { "/" } else { first };
+    std::iter::successors(Some(first), |prefix| match prefix.rfind('/') {
+        _ if *prefix == "/" => None,
+        Some(0) | None => Some("/"),
+        Some(cut) => Some(&prefix[..cut]),
+    })
 }
 
 /// Sort key for host specificity: exact names, then longer wildcard suffixes, then no host.
@@ -280,6 +274,13 @@ mod tests {
         ] {
             assert_eq!(check(path), Ok(()), "{path}");
         }
+    }
+
+    #[test]
+    fn prefix_walk() {
+        assert_eq!(prefixes("/a/b/c/").collect::<Vec<_>>(), ["/a/b/c", "/a/b", "/a", "/"]);
+        assert_eq!(prefixes("/").collect::<Vec<_>>(), ["/"]);
+        assert_eq!(prefixes("/a").collect::<Vec<_>>(), ["/a", "/"]);
     }
 
     #[test]
