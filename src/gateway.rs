@@ -68,7 +68,7 @@ impl Gateway {
             session.client_addr().and_then(|a| a.as_inet()).map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         ctx.client_ip = rt.trusted_proxies.client_ip(ctx.peer, &req.headers);
 
-        let route = ctx.route.map(|id| rt.routes.get(id)).ok_or(GatewayError::Internal)?;
+        let route = rt.routes.get(route_id);
         ctx.principal = rt.auth.authenticate(route.auth, &req.headers)?;
         rt.auth.authorize(ctx.principal, &route.permissions)?;
         Ok(())

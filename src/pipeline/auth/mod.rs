@@ -253,8 +253,9 @@ mod tests {
             a.authenticate(AuthMode::Required, &headers(&[("authorization", "bearer secret-key")])),
             Ok(Some(Principal::ApiKey(0)))
         );
-        // The same key in both places is one credential.
-        assert!(a.authenticate(AuthMode::Required, &headers(&[("x-api-key", "secret-key")])).is_ok());
+        // The same key in both places is still two credentials: refused, never guessed at.
+        let both = [("x-api-key", "secret-key"), ("authorization", "Bearer secret-key")];
+        assert_eq!(failure(&a, AuthMode::Required, &both), AuthFailure::Malformed);
     }
 
     #[test]
