@@ -66,9 +66,7 @@ pub fn generate_key(id: &str, permissions: &[String], expires_in: Option<&str>) 
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
         return Err(format!("--id \"{id}\" must be printable ASCII without quotes"));
     }
-    if let Some(bad) =
-        permissions.iter().find(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
-    {
+    if let Some(bad) = permissions.iter().find(|p| !crate::pipeline::auth::is_permission_name(p)) {
         return Err(format!("--permissions: \"{bad}\" is not a permission name"));
     }
     let expires = match expires_in {

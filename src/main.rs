@@ -7,27 +7,29 @@ use portcullis::cli::{self, Cli, Command, KeysCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Keys(keys)) = &cli.command {
-        return run_keys(keys);
-    }
-    let config = match portcullis::config::load(&cli.config) {
-        Ok(config) => config,
-        Err(errors) => {
+    let load = || {
+        portcullis::config::load(&cli.config).map_err(|errors| {
             eprintln!("{errors}");
             eprintln!("portcullis: the configuration has {} error(s); nothing was started", errors.0.len());
-            return ExitCode::from(cli::EXIT_CONFIG);
-        }
+            ExitCode::from(cli::EXIT_CONFIG)
+        })
     };
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Check => {
-            print!("{}", cli::summary(&config));
-            ExitCode::SUCCESS
-        }
-        Command::Keys(_) => ExitCode::SUCCESS,
-        Command::Run => {
-            init_logging(&config.process.log_level);
-            portcullis::run(config)
-        }
+    match &cli.command {
+        Some(Command::Keys(keys)) => run_keys(keys),
+        Some(Command::Check) => match load() {
+            Ok(config) => {
+                print!("{}", cli::summary(&config));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Some(Command::Run) | None => match load() {
+            Ok(config) => {
+                init_logging(&config.process.log_level);
+                portcullis::run(config)
+            }
+            Err(code) => code,
+        },
     }
 }
 

@@ -536,7 +536,7 @@ fn build_routes(
 fn build_names(names: Option<&[String]>, key: &str, what: &str, p: &mut Problems<'_>) -> Vec<Box<str>> {
     let mut out: Vec<Box<str>> = Vec::new();
     for (j, name) in names.unwrap_or(&[]).iter().enumerate() {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+        if !crate::pipeline::auth::is_permission_name(name) {
             p.push(
                 &format!("{key}[{j}]"),
                 format!("\"{name}\" is not a {what} name"),

@@ -7,8 +7,8 @@
 //!
 //! At the longest path that has routes for the request's host, the most specific host pattern
 //! wins (an exact name, then the longest `*.` suffix, then routes without a host), as in nginx's
-//! `server_name`, and shadows the less specific ones at that path. If none of them allows the method the answer is 405 with `Allow`; the
-//! gateway does not fall back to a shorter prefix, which would hand the request to a route whose
+//! `server_name`, and shadows the less specific ones at that path. If none of them allows the
+//! method the answer is 405 with `Allow`; the gateway does not fall back to a shorter prefix, which would hand the request to a route whose
 //! rules were not written for it.
 //!
 //! Matching is case-sensitive, but many backends are not (Express, ASP.NET Core), and some strip

@@ -100,6 +100,12 @@ impl Default for Authenticator {
     }
 }
 
+/// Whether `name` can be a permission: printable ASCII without `,` (the `X-Auth-Permissions`
+/// separator) or `"` (so `keys generate` can quote it in the block it prints).
+pub fn is_permission_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b',' && b != b'"')
+}
+
 /// `auth.api_key_headers` when unset.
 pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
 
