@@ -172,6 +172,11 @@ fn each_bad_config_is_refused_naming_its_key() {
         ),
         (BASE.replace("[server]\n", "[server]\nrequest_id_header = \"Host\"\n"), "server.request_id_header", "gateway sets"),
         (
+            format!("{}\n[auth]\napi_key_headers = [\"X-Token\"]\n", BASE.replace("[server]\n", "[server]\nrequest_id_header = \"X-Token\"\n")),
+            "server.request_id_header",
+            "also an API-key header",
+        ),
+        (
             BASE.replace("[server]\n", "[server]\nrequest_id_header = \"X-Forwarded-For\"\n"),
             "server.request_id_header",
             "gateway sets",

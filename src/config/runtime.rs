@@ -211,6 +211,14 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
     let (upstreams, upstream_index) = build_upstreams(&file.upstream, &mut p);
     let routes = build_routes(&file.route, &upstream_index, &hosts, &mut p);
     let auth = build_auth(file.auth.as_ref(), &mut p);
+    if auth.api_key_headers.contains(&request_id_header) {
+        // A valid key would be kept as the request id: echoed, logged and forwarded.
+        p.push(
+            "server.request_id_header",
+            format!("\"{request_id_header}\" is also an API-key header"),
+            "use a name such as \"X-Request-Id\"",
+        );
+    }
 
     let runtime = Runtime {
         environment,
