@@ -1,8 +1,12 @@
 //! Request-path functions, one benchmark each: host allow-list, path normalisation, route
-//! lookup, header hygiene and request ids. Run with `cargo bench --bench request_path`.
+//! lookup, header hygiene, request ids, API keys, and JWT verification per algorithm (cached
+//! and uncached). Run with `cargo bench --bench request_path`.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
+
+#[path = "../tests/common/keys.rs"]
+mod keys;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderName, HeaderValue, Method};
@@ -122,5 +126,67 @@ fn api_keys(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hosts, paths, routes, forwarding, api_keys);
+/// One issuer verifying `alg` with a static key, the token cache on or off.
+fn jwt_verifier(alg: jsonwebtoken::Algorithm, cached: bool) -> (portcullis::pipeline::auth::jwt::JwtVerifier, String) {
+    use jsonwebtoken::{encode, Algorithm, DecodingKey, EncodingKey, Header};
+    use portcullis::pipeline::auth::jwt::{Issuer, IssuerSettings, JwtVerifier, KeySet, KeySource, VerifyKey};
+    use portcullis::pipeline::auth::token_cache::TokenCache;
+    use std::sync::Arc;
+
+    let iss = "https://idp.example.com/";
+    let claims = serde_json::json!({"iss": iss, "aud": "registry", "sub": "user-42", "exp": keys::now() + 3600,
+                                    "iat": keys::now(), "scope": "read_models run_inference", "email": "a@example.com"});
+    let secret = b"an-hmac-secret-that-is-long-enough-0123456789";
+    let (token, key) = if alg == Algorithm::HS256 {
+        let token = encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).unwrap();
+        (token, DecodingKey::from_secret(secret))
+    } else {
+        let signing = keys::SigningKey::generate(alg, "k1");
+        let key = match alg.family() {
+            jsonwebtoken::AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(signing.public_pem.as_bytes()),
+            jsonwebtoken::AlgorithmFamily::Ec => DecodingKey::from_ec_pem(signing.public_pem.as_bytes()),
+            _ => DecodingKey::from_ed_pem(signing.public_pem.as_bytes()),
+        }
+        .unwrap();
+        (signing.sign(&claims), key)
+    };
+    let set = KeySet { generation: 0, keys: vec![VerifyKey { kid: Some("k1".into()), alg: None, key }] };
+    let issuer = Issuer::new(IssuerSettings {
+        name: "idp".into(),
+        issuer: iss.into(),
+        audiences: vec!["registry".into()],
+        algorithms: vec![alg],
+        keys: KeySource::Static(Arc::new(set)),
+        leeway: 30,
+        require_exp: true,
+        subject_claim: "sub".into(),
+        permissions_claim: "scope".into(),
+        claims_to_headers: vec![("email".into(), HeaderName::from_static("x-auth-email"))],
+    })
+    .unwrap();
+    (JwtVerifier { issuers: vec![issuer], cache: cached.then(|| TokenCache::new(10_000)) }, token)
+}
+
+fn jwts(c: &mut Criterion) {
+    use jsonwebtoken::Algorithm;
+    let mut g = c.benchmark_group("jwt");
+    for alg in
+        [Algorithm::HS256, Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA]
+    {
+        for cached in [false, true] {
+            let (verifier, token) = jwt_verifier(alg, cached);
+            // The clock is read per case: tokens are issued now, and a stale `now` would see
+            // their `iat` in the future.
+            let now = keys::now();
+            if let Err(e) = verifier.verify(token.as_bytes(), now) {
+                panic!("{alg:?} token does not verify: {e:?}");
+            }
+            let name = format!("{alg:?}_{}", if cached { "cached" } else { "uncached" });
+            g.bench_function(&name, |b| b.iter(|| verifier.verify(black_box(token.as_bytes()), now).is_ok()));
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, hosts, paths, routes, forwarding, api_keys, jwts);
 criterion_main!(benches);

@@ -1,13 +1,20 @@
-//! The command line: `portcullis [run] -c PATH`, `portcullis check -c PATH`, `--version`.
+//! The command line: `portcullis [run] -c PATH`, `portcullis check -c PATH`,
+//! `portcullis explain -c PATH METHOD URL`, `portcullis keys ...`, `--version`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use http::{Method, Uri};
+use pingora::http::RequestHeader;
+
 use crate::config::runtime::ECHO_TARGET;
 use crate::config::Config;
+use crate::error::GatewayError;
+use crate::pipeline::auth::jwt::{Issuer, KeySource};
 use crate::pipeline::host::HostPattern;
+use crate::pipeline::path;
 use crate::pipeline::route::AuthMode;
 use crate::pipeline::upstream::Targets;
 
@@ -36,6 +43,15 @@ pub enum Command {
     Run,
     /// Load and validate the configuration, print a summary, and exit (78 on errors).
     Check,
+    /// Show how a request would be handled: host, canonical path, route, what it requires.
+    /// Starts nothing. Exits 0 when the request would be routed, 1 when it would be refused
+    /// whatever its credentials.
+    Explain {
+        /// The request method, e.g. GET.
+        method: String,
+        /// The request URL, e.g. http://api.example.com/api/v1/models.
+        url: String,
+    },
     /// Make or hash API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -117,6 +133,13 @@ pub fn summary(config: &Config) -> String {
         rt.auth.keys.len(),
         rt.auth.api_key_headers.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ")
     );
+    if rt.auth.jwt.is_enabled() {
+        let _ = writeln!(out, "jwt issuers:");
+        for i in &rt.auth.jwt.issuers {
+            let _ =
+                writeln!(out, "  {:<16} {} ({}; {})", i.name, i.issuer, algorithm_names(&i.algorithms), keys_from(i));
+        }
+    }
     let _ = writeln!(out, "routes:");
     for r in rt.routes.routes() {
         let methods = r
@@ -144,4 +167,90 @@ pub fn summary(config: &Config) -> String {
         );
     }
     out
+}
+
+fn algorithm_names(algorithms: &[jsonwebtoken::Algorithm]) -> String {
+    algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
+}
+
+fn keys_from(issuer: &Issuer) -> String {
+    match &issuer.keys {
+        KeySource::Remote(remote) => format!("keys from {}", remote.settings().url),
+        KeySource::Static(set) => format!("{} key(s) loaded", set.keys.len()),
+    }
+}
+
+/// `portcullis explain`: how `method url` would be handled under `config`: the text to print,
+/// and whether the request would be routed (`false`: refused whatever its credentials). `Err`
+/// when the method or URL cannot be read. Runs the same stage functions the gateway does.
+pub fn explain(config: &Config, method: &str, url: &str) -> Result<(String, bool), String> {
+    let rt = &config.runtime;
+    let mut out = String::new();
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| format!("\"{method}\" is not an HTTP method"))?;
+    let uri: Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL"))?;
+    let (Some(authority), Some(path)) = (uri.authority(), uri.path_and_query()) else {
+        return Err(format!("\"{url}\" is not an absolute URL: write http://HOST/PATH so the host rules apply"));
+    };
+    let _ = writeln!(out, "request:     {method} {url}");
+    let mut req = RequestHeader::build(method.clone(), path.as_str().as_bytes(), None)
+        .map_err(|_| format!("\"{url}\" is not a request target"))?;
+    req.insert_header(http::header::HOST, authority.as_str()).map_err(|_| format!("\"{authority}\" is not a host"))?;
+
+    let refused = |mut out: String, e: GatewayError| {
+        let _ = writeln!(out, "outcome:     refused, {} {}: {}", e.status().as_u16(), e.code(), e.message());
+        Ok((out, false))
+    };
+    let host = match rt.hosts.check(&req) {
+        Ok(host) => host,
+        Err(e) => return refused(out, e),
+    };
+    let _ = writeln!(out, "host:        {} (allowed)", host.name.as_str());
+    let canonical = match path::normalize(req.uri.path()) {
+        Ok(p) => p,
+        Err(e) => return refused(out, e),
+    };
+    let _ =
+        writeln!(out, "path:        {canonical}{}", if canonical == req.uri.path() { "" } else { " (canonical form)" });
+    let route_id = match rt
+        .routes
+        .lookup(host.name.as_str(), &canonical, &method)
+        .and_then(|id| rt.routes.check_unambiguous(host.name.as_str(), &canonical, id).map(|()| id))
+    {
+        Ok(id) => id,
+        Err(e) => return refused(out, e),
+    };
+    let route = rt.routes.get(route_id);
+    let _ = writeln!(out, "route:       {} (path {})", route.name, route.path);
+    let upstream = rt.upstreams.get(route.upstream);
+    let targets = upstream.map_or_else(String::new, |u| match &u.targets {
+        Targets::Echo => ECHO_TARGET.to_string(),
+        Targets::Servers(s) => s.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+    });
+    let _ = writeln!(out, "upstream:    {} -> {targets}", upstream.map_or("?", |u| &u.name));
+    let credentials = {
+        let mut c = vec![format!(
+            "API keys ({}, Authorization: Bearer)",
+            rt.auth.api_key_headers.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ")
+        )];
+        c.extend(
+            rt.auth.jwt.issuers.iter().map(|i| format!("JWTs from {} ({})", i.name, algorithm_names(&i.algorithms))),
+        );
+        c.join("; ")
+    };
+    let auth = match route.auth {
+        AuthMode::Required => format!("required: {credentials}"),
+        AuthMode::Optional => format!("optional: anonymous allowed, bad credentials refused; {credentials}"),
+        AuthMode::None => "none: credentials are not read".to_string(),
+    };
+    let _ = writeln!(out, "auth:        {auth}");
+    let needs = if route.permissions.is_empty() { "no permission".to_string() } else { route.permissions.join(" + ") };
+    let _ = writeln!(out, "permissions: {needs}");
+    let _ = writeln!(out, "limits:      request body at most {} bytes; no rate limit", rt.max_body_size);
+    let outcome = match (route.auth, route.permissions.is_empty()) {
+        (AuthMode::None, _) => "forwarded, no credentials needed",
+        (_, true) => "forwarded once the credentials check out",
+        (_, false) => "forwarded once the credentials check out and hold the permissions",
+    };
+    let _ = writeln!(out, "outcome:     {outcome}");
+    Ok((out, true))
 }

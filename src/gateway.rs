@@ -46,7 +46,7 @@ impl Gateway {
     }
 
     /// The request-header stages. `Err` is the refusal to answer with.
-    fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    async fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
         let rt = &*ctx.runtime;
         let req = session.req_header();
         ctx.request_id = request_id::request_id(&req.headers, &rt.request_id_header);
@@ -69,8 +69,8 @@ impl Gateway {
         ctx.client_ip = rt.trusted_proxies.client_ip(ctx.peer, &req.headers);
 
         let route = rt.routes.get(route_id);
-        ctx.principal = rt.auth.authenticate(route.auth, &req.headers)?;
-        rt.auth.authorize(ctx.principal, &route.permissions)?;
+        ctx.principal = rt.auth.authenticate(route.auth, &req.headers).await?;
+        rt.auth.authorize(ctx.principal.as_ref(), &route.permissions)?;
         Ok(())
     }
 
@@ -123,7 +123,7 @@ impl Gateway {
             host: &ctx.host,
             canonical_path: ctx.canonical_path.as_deref(),
             request_id: (&ctx.runtime.request_id_header, &ctx.request_id),
-            identity: ctx.principal.map(|p| ctx.runtime.auth.identity(p)),
+            identity: ctx.principal.as_ref().map(|p| ctx.runtime.auth.identity(p)),
             strip_credentials: (!ctx.runtime.auth.forward_credentials).then_some(&ctx.runtime.auth.api_key_headers[..]),
         };
         forward::prepare_upstream_request(upstream_request, &ctx.runtime.trusted_proxies, &fwd)
@@ -158,7 +158,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if let Err(refusal) = Self::admit(session, ctx) {
+        if let Err(refusal) = Self::admit(session, ctx).await {
             Self::refuse(session, ctx, refusal).await?;
             return Ok(true);
         }

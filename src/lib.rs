@@ -60,6 +60,13 @@ pub fn build_server(config: &Config) -> (Server, SharedRuntime) {
         }
         server.add_service(service);
     }
+    // Remote JWKS are fetched by one background task each, never on the request path.
+    // Config reload (issue 7) will have to start the task of a jwks_url it adds.
+    let remote_key_sets = config.runtime.auth.jwt.remote_key_sets();
+    if !remote_key_sets.is_empty() {
+        let refresher = pipeline::auth::jwks::JwksRefresher::new(remote_key_sets);
+        server.add_service(pingora::services::background::background_service("jwks refresh", refresher));
+    }
     (server, runtime)
 }
 

@@ -23,6 +23,23 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Some(Command::Explain { method, url }) => match load() {
+            Ok(config) => match cli::explain(&config, method, url) {
+                Ok((out, routed)) => {
+                    print!("{out}");
+                    if routed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("portcullis explain: {e}");
+                    ExitCode::from(2)
+                }
+            },
+            Err(code) => code,
+        },
         Some(Command::Run) | None => match load() {
             Ok(config) => {
                 init_logging(&config.process.log_level);

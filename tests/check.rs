@@ -24,6 +24,21 @@ upstream = "api"
 auth = "none"
 "#;
 
+/// `BASE` with one `[[auth.jwt]]` issuer fetching RS256 keys from a URL, plus `extra` keys.
+fn jwt(extra: &str) -> String {
+    format!(
+        "{BASE}\n[auth]\n[[auth.jwt]]\nname = \"idp\"\nissuer = \"https://idp.example.com/\"\naudiences = [\"registry\"]\n\
+         algorithms = [\"RS256\"]\njwks_url = \"https://idp.example.com/jwks.json\"\n{extra}\n"
+    )
+}
+
+/// `BASE` with an HS256 issuer whose key source is `source`.
+fn hs_jwt(source: &str) -> String {
+    format!(
+        "{BASE}\n[[auth.jwt]]\nname = \"local\"\nissuer = \"local\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\n{source}\n"
+    )
+}
+
 fn check(text: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.toml");
@@ -150,7 +165,59 @@ fn each_bad_config_is_refused_naming_its_key() {
         (format!("{BASE}\n[[auth.api_key]]\nid = \"k\"\nhash = \"sha256:{}\"\nexpires = \"tomorrow\"\n", "a".repeat(64)), "auth.api_key[0].expires", "RFC 3339"),
         (format!("{BASE}\n[[auth.api_key]]\nid = \"k\"\nhash = \"sha256:{h}\"\n[[auth.api_key]]\nid = \"k\"\nhash = \"sha256:{h}\"\n", h = "b".repeat(64)), "auth.api_key[1].id", "names two keys"),
         (format!("{BASE}\n[[auth.api_key]]\nid = \"k\"\nhash = \"sha256:{}\"\nsecret = \"x\"\n", "a".repeat(64)), "auth.api_key[0].secret", "unknown field"),
-        (format!("{BASE}\n[[auth.jwt]]\nname = \"idp\"\n"), "auth.jwt[0]", "not supported yet"),
+        (jwt("").replace("[\"RS256\"]", "[\"none\"]"), "auth.jwt[0].algorithms[0]", "never accepted"),
+        (jwt("").replace("[\"RS256\"]", "[\"RS1\"]"), "auth.jwt[0].algorithms[0]", "not a JWT signature algorithm"),
+        (jwt("").replace("[\"RS256\"]", "[]"), "auth.jwt[0].algorithms", "empty"),
+        (jwt("").replace("[\"registry\"]", "[]"), "auth.jwt[0].audiences", "other APIs"),
+        (jwt("jwks_file = \"conf/jwks.json\""), "auth.jwt[0].jwks_url", "2 key sources"),
+        (jwt("").replace("jwks_url = \"https://idp.example.com/jwks.json\"\n", ""), "auth.jwt[0].jwks_url", "has no key"),
+        (
+            jwt("").replace("https://idp.example.com/jwks.json", "http://idp.example.com/jwks.json"),
+            "auth.jwt[0].jwks_url",
+            "plain http",
+        ),
+        (
+            jwt("").replace("https://idp.example.com/jwks.json", "https://user:pw@idp.example.com/jwks.json"),
+            "auth.jwt[0].jwks_url",
+            "credentials",
+        ),
+        (jwt("").replace("\"RS256\"", "\"HS256\""), "auth.jwt[0].algorithms", "never serves HMAC"),
+        (jwt("leeway = \"1h\""), "auth.jwt[0].leeway", "more than 5m"),
+        (jwt("jwks_min_refresh_interval = \"10m\""), "auth.jwt[0].jwks_min_refresh_interval", "longer than"),
+        (jwt("jwks_fetch_timeout = \"0s\""), "auth.jwt[0].jwks_fetch_timeout", "zero"),
+        (
+            jwt("claims_to_headers = { email = \"X-User-Email\" }"),
+            "auth.jwt[0].claims_to_headers.email",
+            "does not start with X-Auth-",
+        ),
+        (
+            jwt("claims_to_headers = { email = \"X-Auth-Subject\" }"),
+            "auth.jwt[0].claims_to_headers.email",
+            "set by the gateway",
+        ),
+        (jwt("").replace("name = \"idp\"\n", ""), "auth.jwt[0].name", "missing"),
+        (
+            jwt("[[auth.jwt]]\nname = \"idp\"\nissuer = \"b\"\naudiences = [\"b\"]\nalgorithms = [\"ES256\"]\njwks_url = \"https://b/\""),
+            "auth.jwt[1].name",
+            "two issuers",
+        ),
+        (
+            hs_jwt("secret = \"literal-secret-in-the-config-file-0123456789\""),
+            "auth.jwt[0].secret",
+            "env:NAME",
+        ),
+        (hs_jwt("secret = \"env:PORTCULLIS_TEST_UNSET_VARIABLE\""), "auth.jwt[0].secret", "is not set"),
+        (hs_jwt("secret = \"file:/nonexistent/secret\""), "auth.jwt[0].secret", "cannot read"),
+        (
+            hs_jwt("public_key_file = \"Cargo.toml\""),
+            "auth.jwt[0].public_key_file",
+            "no RSA, EC or Ed25519 public key",
+        ),
+        (
+            hs_jwt("jwks_file = \"Cargo.toml\""),
+            "auth.jwt[0].jwks_file",
+            "not a JWKS document",
+        ),
         (format!("{BASE}\n[cors]\nallowed_origins = [\"https://a.example\"]\n"), "cors", "not supported yet"),
         (
             format!("{BASE}\n[[rate_limit]]\nname = \"x\"\nkey = \"client\"\nlimit = \"1/second\"\n"),
@@ -245,4 +312,50 @@ fn run_refuses_to_start_on_a_bad_config() {
     let (code, _, err) = run_cli(&["run", "-c", file.to_str().unwrap()], None);
     assert_eq!(code, 78);
     assert!(err.contains("route[0].upstream"), "{err}");
+}
+
+#[test]
+fn explain_shows_the_route_and_what_it_requires_without_starting() {
+    let config = format!(
+        "{}{}",
+        BASE.replace("name = \"r\"\npath = \"/\"", "name = \"r\"\npath = \"/public\""),
+        "\n[[route]]\nname = \"train\"\npath = \"/api/v1/train\"\nmethods = [\"POST\"]\nupstream = \"api\"\npermissions = [\"write_models\"]\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(&file, config).unwrap();
+    let explain = |method: &str, url: &str| run_cli(&["explain", "-c", file.to_str().unwrap(), method, url], None);
+
+    let (code, out, _) = explain("POST", "http://localhost:8080/api/v1/./train?x=1");
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "host:        localhost (allowed)",
+        "path:        /api/v1/train (canonical form)",
+        "route:       train (path /api/v1/train)",
+        "upstream:    api -> 127.0.0.1:9000",
+        "auth:        required: API keys (x-api-key, Authorization: Bearer)",
+        "permissions: write_models",
+        "outcome:     forwarded once the credentials check out and hold the permissions",
+    ] {
+        assert!(out.contains(line), "explain lacks {line:?}:\n{out}");
+    }
+    let (code, out, _) = explain("GET", "http://localhost/public/x");
+    assert_eq!(code, 0);
+    assert!(out.contains("auth:        none") && out.contains("no credentials needed"), "{out}");
+
+    // Refusals, whatever the credentials: exit 1 and the error the client would get.
+    for (method, url, refusal) in [
+        ("GET", "http://localhost/api/v1/train", "405 METHOD_NOT_ALLOWED"),
+        ("POST", "http://localhost/api/v1/%2e%2e/%2e%2e/admin", "404 ROUTE_NOT_FOUND"),
+        ("POST", "http://localhost/api/v1/train%2fx", "400 BAD_PATH"),
+        ("POST", "http://evil-localhost/api/v1/train", "421 HOST_NOT_ALLOWED"),
+    ] {
+        let (code, out, _) = explain(method, url);
+        assert_eq!(code, 1, "{method} {url}: {out}");
+        assert!(out.contains(&format!("outcome:     refused, {refusal}")), "{url}: {out}");
+    }
+    // Unreadable arguments: exit 2, on stderr.
+    let (code, out, err) = explain("GET", "/relative");
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.contains("not an absolute URL"), "{err}");
 }

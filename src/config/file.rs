@@ -204,6 +204,8 @@ pub struct AuthSection {
     pub api_key_headers: Option<Vec<String>>,
     /// Forward `Authorization` / API-key headers to the upstream.
     pub forward_credentials: Option<bool>,
+    /// Verified JWTs kept (0: no cache).
+    pub token_cache_size: Option<usize>,
     /// `[[auth.api_key]]`.
     #[serde(default)]
     pub api_key: Vec<ApiKeySection>,
@@ -258,8 +260,14 @@ pub struct JwtSection {
     pub subject_claim: Option<String>,
     /// Claims copied to upstream headers.
     pub claims_to_headers: Option<std::collections::BTreeMap<String, String>>,
-    /// Accept tokens without `exp`.
+    /// Refuse tokens without `exp` (default true).
     pub require_exp: Option<bool>,
+    /// How often a `jwks_url` is fetched again.
+    pub jwks_refresh_interval: Option<String>,
+    /// The least time between two fetches of a `jwks_url`.
+    pub jwks_min_refresh_interval: Option<String>,
+    /// How long a `jwks_url` fetch may take.
+    pub jwks_fetch_timeout: Option<String>,
 }
 
 /// `[[route]]`.

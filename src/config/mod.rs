@@ -5,6 +5,7 @@
 //! loads every `*.toml` in it in name order and appends their tables, and a key set in two files is
 //! an error. Every problem is reported with the file that holds it (see [`Sources`]).
 
+mod auth;
 pub mod error;
 pub mod file;
 pub mod runtime;

@@ -14,10 +14,10 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use ipnet::IpNet;
 
-use super::file::{AuthSection, FileConfig, RouteSection, UpstreamSection};
+use super::auth::build_auth;
+use super::file::{FileConfig, RouteSection, UpstreamSection};
 use super::units::{parse_duration, parse_size};
 use super::{ConfigErrors, Problems, Sources};
-use crate::pipeline::auth::apikey::{parse_hash, ApiKey, ApiKeys};
 use crate::pipeline::auth::Authenticator;
 use crate::pipeline::client::TrustedProxies;
 use crate::pipeline::host::{HostAllowList, HostPattern};
@@ -244,9 +244,6 @@ fn refuse_unsupported(file: &FileConfig, p: &mut Problems<'_>) {
     }
     if !file.rate_limit.is_empty() {
         p.unsupported("rate_limit[0]", "rate limiting");
-    }
-    if file.auth.as_ref().is_some_and(|a| !a.jwt.is_empty()) {
-        p.unsupported("auth.jwt[0]", "JWT verification ([[auth.jwt]])");
     }
     if let Some(log) = &file.log {
         if log.access.as_deref().is_some_and(|v| v != "off") {
@@ -541,7 +538,7 @@ fn build_routes(
 
 /// A list of names (permissions): non-empty, no duplicates, no separators that would garble
 /// the comma-separated `X-Auth-Permissions` header.
-fn build_names(names: Option<&[String]>, key: &str, what: &str, p: &mut Problems<'_>) -> Vec<Box<str>> {
+pub(super) fn build_names(names: Option<&[String]>, key: &str, what: &str, p: &mut Problems<'_>) -> Vec<Box<str>> {
     let mut out: Vec<Box<str>> = Vec::new();
     for (j, name) in names.unwrap_or(&[]).iter().enumerate() {
         if !crate::pipeline::auth::is_permission_name(name) {
@@ -557,82 +554,6 @@ fn build_names(names: Option<&[String]>, key: &str, what: &str, p: &mut Problems
         }
     }
     out
-}
-
-fn build_auth(section: Option<&AuthSection>, p: &mut Problems<'_>) -> Authenticator {
-    let mut auth = Authenticator::default();
-    let Some(section) = section else { return auth };
-    if let Some(headers) = &section.api_key_headers {
-        auth.api_key_headers.clear();
-        for (i, name) in headers.iter().enumerate() {
-            let key = format!("auth.api_key_headers[{i}]");
-            match HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) if h == http::header::AUTHORIZATION => {
-                    p.push(&key, "Authorization is always read for Bearer keys", "remove it from the list")
-                }
-                Ok(h) if h.as_str().starts_with(crate::pipeline::forward::IDENTITY_HEADER_PREFIX) => {
-                    p.push(&key, "X-Auth-* headers are reserved for identity", "use a name such as \"X-API-Key\"")
-                }
-                Ok(h) => auth.api_key_headers.push(h),
-                Err(_) => p.push(&key, format!("\"{name}\" is not a header name"), "use a name such as \"X-API-Key\""),
-            }
-        }
-    }
-    auth.forward_credentials = section.forward_credentials.unwrap_or(false);
-    let mut keys = Vec::new();
-    let mut ids = HashSet::new();
-    for (i, k) in section.api_key.iter().enumerate() {
-        let key = |f: &str| format!("auth.api_key[{i}].{f}");
-        let Some(id) = k.id.as_deref().filter(|id| !id.is_empty()) else {
-            p.push(
-                &key("id"),
-                "is missing",
-                "give every key an id; it appears in logs and X-Auth-Key-Id, never the key",
-            );
-            continue;
-        };
-        if !ids.insert(id.to_string()) {
-            p.push(&key("id"), format!("\"{id}\" names two keys"), "give each key its own id");
-        }
-        let hash = match k.hash.as_deref().map(parse_hash) {
-            Some(Ok(hash)) => hash,
-            Some(Err(e)) => {
-                p.push(&key("hash"), e, "paste the line `portcullis keys generate` or `portcullis keys hash` printed");
-                continue;
-            }
-            None => {
-                p.push(
-                    &key("hash"),
-                    "is missing",
-                    "run `portcullis keys generate --id ID` and paste the hash it prints",
-                );
-                continue;
-            }
-        };
-        let expires = match k.expires.as_deref().map(humantime::parse_rfc3339_weak) {
-            None => None,
-            Some(Ok(at)) => Some(at),
-            Some(Err(_)) => {
-                p.push(&key("expires"), "is not an RFC 3339 time", "write a time such as \"2027-02-21T00:00:00Z\"");
-                None
-            }
-        };
-        let permissions = build_names(k.permissions.as_deref(), &key("permissions"), "permission", p);
-        let subject = k.subject.as_deref().unwrap_or(id);
-        match ApiKey::new(id, hash, subject, permissions, expires, k.disabled.unwrap_or(false)) {
-            Ok(entry) => keys.push(entry),
-            Err(e) => p.push(&key("id"), e, "use printable ASCII"),
-        }
-    }
-    match ApiKeys::new(keys) {
-        Ok(keys) => auth.keys = keys,
-        Err(id) => p.push(
-            "auth.api_key",
-            format!("key \"{id}\" has the same hash as another key"),
-            "generate a new key for one of them",
-        ),
-    }
-    auth
 }
 
 fn build_methods(methods: Option<&[String]>, key: &str, p: &mut Problems<'_>) -> Option<Vec<Method>> {

@@ -72,6 +72,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 const X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
 const X_AUTH_KEY_ID: HeaderName = HeaderName::from_static("x-auth-key-id");
+const X_AUTH_ISSUER: HeaderName = HeaderName::from_static("x-auth-issuer");
 const X_AUTH_PERMISSIONS: HeaderName = HeaderName::from_static("x-auth-permissions");
 
 /// What the forward stage needs to know about the request beyond its headers.
@@ -117,7 +118,13 @@ pub fn prepare_upstream_request(
         if let Some(key_id) = id.key_id {
             set(req, X_AUTH_KEY_ID, key_id.clone())?;
         }
+        if let Some(issuer) = id.issuer {
+            set(req, X_AUTH_ISSUER, issuer.clone())?;
+        }
         set(req, X_AUTH_PERMISSIONS, id.permissions.clone())?;
+        for (name, value) in id.claims {
+            set(req, name.clone(), value.clone())?;
+        }
     }
 
     let peer = HeaderValue::from_str(&canonical(fwd.peer).to_string()).map_err(|_| GatewayError::Internal)?;

@@ -3,14 +3,18 @@
 //! Credentials are read from the configured API-key headers (default `X-API-Key`) and from
 //! `Authorization: Bearer <token>`. Exactly one credential may be presented: two different ones,
 //! a repeated header, an empty or oversize bearer value are refused as malformed rather than
-//! guessed at. A bearer value shaped like a JWT (three dot-separated segments) is a JWT; anything
-//! else is an API key.
+//! guessed at. A bearer value shaped like a JWT (three dot-separated segments) is a JWT, verified
+//! by [`jwt`]; anything else is an API key, verified by [`apikey`].
 //!
 //! The route's `auth` mode then decides: `none` never looks at credentials, `optional` lets
 //! anonymous requests through but refuses bad credentials, `required` (the default) refuses both.
 
 pub mod apikey;
+pub mod jwks;
+pub mod jwt;
+pub mod token_cache;
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::header::AUTHORIZATION;
@@ -19,6 +23,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::error::GatewayError;
 use crate::pipeline::route::AuthMode;
 use apikey::ApiKeys;
+use jwt::{JwtIdentity, JwtRejection, JwtVerifier};
 
 /// The longest credential accepted: a bearer token or API key over this is refused unread.
 pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
@@ -39,6 +44,26 @@ pub enum AuthFailure {
     Disabled,
     /// A JWT was presented and no issuer is configured to verify it.
     UnsupportedToken,
+    /// The JWT could not be decoded, or uses a header extension we do not understand.
+    MalformedToken,
+    /// The JWT's `iss` is not a configured issuer.
+    UnknownIssuer,
+    /// The JWT's `alg` is not in its issuer's allow-list.
+    AlgorithmNotAllowed,
+    /// No key of the issuer has the JWT's `kid` (or, without a `kid`, exactly one fits).
+    UnknownSigningKey,
+    /// The key the JWT names is of another type or algorithm than its `alg`.
+    WrongKeyType,
+    /// The JWT's signature does not verify.
+    BadSignature,
+    /// The JWT's `nbf` or `iat` is in the future.
+    NotYetValid,
+    /// The JWT is for another audience.
+    WrongAudience,
+    /// A required claim is missing or malformed (`exp`, `aud`, `iss`, the subject).
+    InvalidClaims,
+    /// The issuer's JWKS has not been fetched yet.
+    KeysUnavailable,
 }
 
 impl AuthFailure {
@@ -51,6 +76,16 @@ impl AuthFailure {
             AuthFailure::Expired => "expired",
             AuthFailure::Disabled => "disabled",
             AuthFailure::UnsupportedToken => "unsupported_token",
+            AuthFailure::MalformedToken => "malformed_token",
+            AuthFailure::UnknownIssuer => "unknown_issuer",
+            AuthFailure::AlgorithmNotAllowed => "algorithm_not_allowed",
+            AuthFailure::UnknownSigningKey => "unknown_signing_key",
+            AuthFailure::WrongKeyType => "wrong_key_type",
+            AuthFailure::BadSignature => "bad_signature",
+            AuthFailure::NotYetValid => "not_yet_valid",
+            AuthFailure::WrongAudience => "wrong_audience",
+            AuthFailure::InvalidClaims => "invalid_claims",
+            AuthFailure::KeysUnavailable => "keys_unavailable",
         }
     }
 
@@ -65,10 +100,12 @@ impl AuthFailure {
 }
 
 /// A verified caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     /// An API key, by index in [`Authenticator::keys`].
     ApiKey(usize),
+    /// A JWT's claims, as verified (and possibly cached).
+    Jwt(Arc<JwtIdentity>),
 }
 
 /// A credential as presented, before verification.
@@ -76,7 +113,7 @@ pub enum Principal {
 enum Credential<'a> {
     None,
     ApiKey(&'a [u8]),
-    Jwt,
+    Jwt(&'a [u8]),
 }
 
 /// The validated `[auth]` section.
@@ -88,6 +125,8 @@ pub struct Authenticator {
     pub forward_credentials: bool,
     /// The API keys.
     pub keys: ApiKeys,
+    /// The JWT issuers.
+    pub jwt: JwtVerifier,
 }
 
 impl Default for Authenticator {
@@ -96,6 +135,7 @@ impl Default for Authenticator {
             api_key_headers: vec![HeaderName::from_static(DEFAULT_API_KEY_HEADER)],
             forward_credentials: false,
             keys: ApiKeys::default(),
+            jwt: JwtVerifier::default(),
         }
     }
 }
@@ -112,7 +152,10 @@ pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
 impl Authenticator {
     /// Applies the route's auth mode: the verified principal, `None` for an anonymous request
     /// the route lets through, or 401.
-    pub fn authenticate(&self, mode: AuthMode, headers: &HeaderMap) -> Result<Option<Principal>, GatewayError> {
+    ///
+    /// Awaits only when a JWT names a key its issuer's remote JWKS does not have: then it waits,
+    /// at most `jwks_fetch_timeout`, for the refresh that may bring it.
+    pub async fn authenticate(&self, mode: AuthMode, headers: &HeaderMap) -> Result<Option<Principal>, GatewayError> {
         if mode == AuthMode::None {
             return Ok(None);
         }
@@ -123,16 +166,43 @@ impl Authenticator {
                 Ok(index) => return Ok(Some(Principal::ApiKey(index))),
                 Err(failure) => failure,
             },
-            Ok(Credential::Jwt) => AuthFailure::UnsupportedToken,
+            Ok(Credential::Jwt(_)) if !self.jwt.is_enabled() => AuthFailure::UnsupportedToken,
+            Ok(Credential::Jwt(token)) => match self.verify_jwt(token).await {
+                Ok(identity) => return Ok(Some(Principal::Jwt(identity))),
+                Err(failure) => failure,
+            },
             Err(failure) => failure,
         };
         Err(GatewayError::AuthenticationFailed(failure))
     }
 
+    async fn verify_jwt(&self, token: &[u8]) -> Result<Arc<JwtIdentity>, AuthFailure> {
+        let now = jsonwebtoken::get_current_timestamp();
+        match self.jwt.verify(token, now) {
+            Ok(identity) => Ok(identity),
+            Err(JwtRejection::Failure(failure)) => Err(failure),
+            Err(JwtRejection::KeyNotFound(remote)) => {
+                if !remote.refresh_for_unknown_key().await {
+                    return Err(if remote.is_loaded() {
+                        AuthFailure::UnknownSigningKey
+                    } else {
+                        AuthFailure::KeysUnavailable
+                    });
+                }
+                match self.jwt.verify(token, jsonwebtoken::get_current_timestamp()) {
+                    Ok(identity) => Ok(identity),
+                    Err(JwtRejection::Failure(failure)) => Err(failure),
+                    Err(JwtRejection::KeyNotFound(_)) => Err(AuthFailure::UnknownSigningKey),
+                }
+            }
+        }
+    }
+
     /// Checks that `principal` holds every permission in `required`; 403 naming the first missing.
-    pub fn authorize(&self, principal: Option<Principal>, required: &[Box<str>]) -> Result<(), GatewayError> {
+    pub fn authorize(&self, principal: Option<&Principal>, required: &[Box<str>]) -> Result<(), GatewayError> {
         let granted: &[Box<str>] = match principal {
-            Some(Principal::ApiKey(i)) => &self.keys.get(i).permissions,
+            Some(Principal::ApiKey(i)) => &self.keys.get(*i).permissions,
+            Some(Principal::Jwt(identity)) => &identity.permissions,
             None if required.is_empty() => return Ok(()),
             None => return Err(GatewayError::AuthenticationFailed(AuthFailure::Missing)),
         };
@@ -142,18 +212,28 @@ impl Authenticator {
         }
     }
 
-    /// The identity headers for a principal: (subject, method, key id, permissions).
-    pub fn identity(&self, principal: Principal) -> Identity<'_> {
+    /// The identity headers for a principal.
+    pub fn identity<'a>(&'a self, principal: &'a Principal) -> Identity<'a> {
         match principal {
             Principal::ApiKey(i) => {
-                let key = self.keys.get(i);
+                let key = self.keys.get(*i);
                 Identity {
                     subject: &key.subject_header,
                     method: HeaderValue::from_static("api_key"),
                     key_id: Some(&key.id_header),
+                    issuer: None,
                     permissions: &key.permissions_header,
+                    claims: &[],
                 }
             }
+            Principal::Jwt(id) => Identity {
+                subject: &id.subject,
+                method: HeaderValue::from_static("jwt"),
+                key_id: None,
+                issuer: self.jwt.issuers.get(id.issuer).map(|i| &i.issuer_header),
+                permissions: &id.permissions_header,
+                claims: &id.claim_headers,
+            },
         }
     }
 
@@ -178,7 +258,7 @@ impl Authenticator {
                 return Err(AuthFailure::Malformed);
             }
             if token.iter().filter(|&&b| b == b'.').count() == 2 {
-                return Ok(Credential::Jwt);
+                return Ok(Credential::Jwt(token));
             }
             return Ok(Credential::ApiKey(token));
         }
@@ -196,10 +276,14 @@ pub struct Identity<'a> {
     pub subject: &'a HeaderValue,
     /// `X-Auth-Method`.
     pub method: HeaderValue,
-    /// `X-Auth-Key-Id`.
+    /// `X-Auth-Key-Id` (API keys).
     pub key_id: Option<&'a HeaderValue>,
+    /// `X-Auth-Issuer` (JWTs).
+    pub issuer: Option<&'a HeaderValue>,
     /// `X-Auth-Permissions`.
     pub permissions: &'a HeaderValue,
+    /// The `claims_to_headers` headers (JWTs).
+    pub claims: &'a [(HeaderName, HeaderValue)],
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive, one space, no spaces in the token).
@@ -233,6 +317,10 @@ mod tests {
         Authenticator { keys: ApiKeys::new(vec![key]).unwrap(), ..Authenticator::default() }
     }
 
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -242,7 +330,7 @@ mod tests {
     }
 
     fn failure(a: &Authenticator, mode: AuthMode, pairs: &[(&str, &str)]) -> AuthFailure {
-        match a.authenticate(mode, &headers(pairs)) {
+        match block_on(a.authenticate(mode, &headers(pairs))) {
             Err(GatewayError::AuthenticationFailed(f)) => f,
             other => panic!("{other:?}"),
         }
@@ -252,11 +340,11 @@ mod tests {
     fn accepts_the_key_in_either_place() {
         let a = auth();
         assert_eq!(
-            a.authenticate(AuthMode::Required, &headers(&[("x-api-key", "secret-key")])),
+            block_on(a.authenticate(AuthMode::Required, &headers(&[("x-api-key", "secret-key")]))),
             Ok(Some(Principal::ApiKey(0)))
         );
         assert_eq!(
-            a.authenticate(AuthMode::Required, &headers(&[("authorization", "bearer secret-key")])),
+            block_on(a.authenticate(AuthMode::Required, &headers(&[("authorization", "bearer secret-key")]))),
             Ok(Some(Principal::ApiKey(0)))
         );
         // The same key in both places is still two credentials: refused, never guessed at.
@@ -267,8 +355,8 @@ mod tests {
     #[test]
     fn modes() {
         let a = auth();
-        assert_eq!(a.authenticate(AuthMode::None, &headers(&[("x-api-key", "wrong")])), Ok(None));
-        assert_eq!(a.authenticate(AuthMode::Optional, &headers(&[])), Ok(None));
+        assert_eq!(block_on(a.authenticate(AuthMode::None, &headers(&[("x-api-key", "wrong")]))), Ok(None));
+        assert_eq!(block_on(a.authenticate(AuthMode::Optional, &headers(&[]))), Ok(None));
         assert_eq!(failure(&a, AuthMode::Optional, &[("x-api-key", "wrong")]), AuthFailure::UnknownKey);
         assert_eq!(failure(&a, AuthMode::Required, &[]), AuthFailure::Missing);
     }
@@ -301,7 +389,7 @@ mod tests {
     #[test]
     fn permissions() {
         let a = auth();
-        let p = Some(Principal::ApiKey(0));
+        let p = Some(&Principal::ApiKey(0));
         assert_eq!(a.authorize(p, &["read_models".into()]), Ok(()));
         assert_eq!(
             a.authorize(p, &["read_models".into(), "write_models".into()]),
