@@ -185,6 +185,8 @@ fn each_bad_config_is_refused_naming_its_key() {
         (jwt("leeway = \"1h\""), "auth.jwt[0].leeway", "more than 5m"),
         (jwt("jwks_min_refresh_interval = \"10m\""), "auth.jwt[0].jwks_min_refresh_interval", "longer than"),
         (jwt("jwks_fetch_timeout = \"0s\""), "auth.jwt[0].jwks_fetch_timeout", "zero"),
+        (jwt("jwks_fetch_timeout = \"1m\""), "auth.jwt[0].jwks_fetch_timeout", "more than 30s"),
+        (jwt("jwks_refresh_interval = \"30days\""), "auth.jwt[0].jwks_refresh_interval", "more than 1day"),
         (
             jwt("claims_to_headers = { email = \"X-User-Email\" }"),
             "auth.jwt[0].claims_to_headers.email",

@@ -33,6 +33,10 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 pub const DEFAULT_PERMISSIONS_CLAIM: &str = "scope";
 /// `subject_claim` when unset.
 pub const DEFAULT_SUBJECT_CLAIM: &str = "sub";
+/// The longest `jwks_fetch_timeout`: a request with an unknown `kid` may wait this long.
+pub const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest `jwks_refresh_interval` and `jwks_min_refresh_interval`.
+pub const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// The shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size).
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -349,6 +353,11 @@ fn build_key_source(
     let duration =
         |k: &str, value: Option<&str>, default: Duration, p: &mut Problems<'_>| match value.map(parse_duration) {
             None => default,
+            Some(Ok(d)) if d > max_of(k) => {
+                let max = humantime::format_duration(max_of(k));
+                p.push(&key(k), format!("is more than {max}"), "choose a shorter duration");
+                default
+            }
             Some(Ok(d)) if !d.is_zero() => d,
             Some(Ok(_)) => {
                 p.push(&key(k), "is zero", "write a positive duration such as \"10s\"");
@@ -384,6 +393,14 @@ fn build_key_source(
         );
     }
     Some(KeySource::Remote(Arc::new(RemoteJwks::new(settings))))
+}
+
+/// The longest value each JWKS timing key accepts: a request may wait `jwks_fetch_timeout`.
+fn max_of(key: &str) -> Duration {
+    match key {
+        "jwks_fetch_timeout" => MAX_FETCH_TIMEOUT,
+        _ => MAX_REFRESH_INTERVAL,
+    }
 }
 
 /// `env:NAME` or `file:PATH`: secrets never sit in the config itself.

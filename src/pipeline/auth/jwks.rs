@@ -8,7 +8,8 @@
 //! - when a token names a `kid` the set does not have (the IdP may have rotated). Requests only
 //!   *ask* for that refresh and wait for it at most `jwks_fetch_timeout`; however many ask, the
 //!   task fetches at most once per `jwks_min_refresh_interval`, so a flood of random `kid`s
-//!   costs the IdP one request per interval.
+//!   costs the IdP one request per interval. Inside that interval a request does not wait: the
+//!   fetch is scheduled for the interval's end and the token is judged by the set as it is.
 //!
 //! A failed fetch (IdP down, slow, an error status, garbage, no usable key) keeps the last good
 //! set. Bodies are capped at [`MAX_JWKS_BYTES`] and redirects are not followed.
@@ -55,7 +56,10 @@ pub fn parse_jwks(document: &[u8]) -> Result<(Vec<Jwk>, Vec<VerifyKey>), String>
     let doc: Document = serde_json::from_slice(document).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut jwks = Vec::new();
     let mut keys: Vec<VerifyKey> = Vec::new();
-    for value in doc.keys.into_iter().take(MAX_JWKS_KEYS) {
+    for value in doc.keys {
+        if keys.len() == MAX_JWKS_KEYS {
+            break;
+        }
         let Ok(jwk) = serde_json::from_value::<Jwk>(value) else { continue };
         let Some(key) = verify_key(&jwk) else { continue };
         if key.kid.is_some() && keys.iter().any(|k| k.kid == key.kid) {
@@ -136,6 +140,8 @@ pub struct RemoteJwks {
     /// happened (a stored `Notify` permit) is ignored.
     requested: AtomicBool,
     in_flight: AtomicBool,
+    /// Set when the fetch task has ended (or could not start): nobody would answer a wait.
+    stopped: AtomicBool,
     /// When the last fetch started ([`now_ms`]; 0: never).
     last_fetch: AtomicU64,
     /// Counts finished fetches, so requests can wait for the next one.
@@ -156,6 +162,7 @@ impl RemoteJwks {
             keys: ArcSwap::from_pointee(KeySet::default()),
             wake: Notify::new(),
             requested: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             in_flight: AtomicBool::new(false),
             last_fetch: AtomicU64::new(0),
             fetched: watch::Sender::new(0),
@@ -182,24 +189,32 @@ impl RemoteJwks {
         self.generation() > 0
     }
 
-    /// Asks for a refresh because a token's key was not found, and waits (at most
-    /// `jwks_fetch_timeout`) for the fetch in flight or the one asked for. Returns whether the
-    /// keys changed. Returns at once, `false`, when the last fetch is more recent than
-    /// `jwks_min_refresh_interval`: the set a `kid` is missing from is already fresh.
-    pub async fn refresh_for_unknown_key(&self) -> bool {
-        let before = self.generation();
+    /// Asks for a refresh because a token's key was not in the set of generation `searched`,
+    /// and waits (at most `jwks_fetch_timeout`) for the fetch in flight or the one asked for.
+    /// Returns whether the keys changed since `searched`.
+    ///
+    /// When the last fetch is more recent than `jwks_min_refresh_interval`, it does not wait:
+    /// the fetch is only scheduled for the end of that interval (a key the IdP has just rotated
+    /// in arrives then), and this request is answered with the set as it is.
+    pub async fn refresh_for_unknown_key(&self, searched: u64) -> bool {
         let mut fetched = self.fetched.subscribe();
+        if self.generation() != searched {
+            return true;
+        }
+        if self.stopped.load(Ordering::Acquire) {
+            return false;
+        }
         if !self.in_flight.load(Ordering::Acquire) {
+            self.requested.store(true, Ordering::Release);
+            self.wake.notify_one();
             let last = self.last_fetch.load(Ordering::Acquire);
             let min = self.settings.min_refresh_interval.as_millis() as u64;
             if last != 0 && now_ms().saturating_sub(last) < min {
                 return false;
             }
-            self.requested.store(true, Ordering::Release);
-            self.wake.notify_one();
         }
         let _ = tokio::time::timeout(self.settings.fetch_timeout, fetched.changed()).await;
-        self.generation() != before
+        self.generation() != searched
     }
 
     /// Fetches once; on success the new keys replace the old when they differ. `current` is
@@ -251,6 +266,15 @@ impl RemoteJwks {
 
     /// Keeps this set fresh until shutdown.
     async fn run(&self, mut shutdown: ShutdownWatch) {
+        // However this ends (shutdown, a client that cannot be built, a panic), requests stop
+        // waiting for fetches that will not come.
+        struct Stopped<'a>(&'a AtomicBool);
+        impl Drop for Stopped<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let _stopped = Stopped(&self.stopped);
         let settings = &self.settings;
         let client = match reqwest::Client::builder()
             .timeout(settings.fetch_timeout)
@@ -328,8 +352,10 @@ impl BackgroundService for JwksRefresher {
                 tokio::spawn(async move { set.run(shutdown).await })
             })
             .collect();
-        for task in tasks {
-            let _ = task.await;
+        for (task, set) in tasks.into_iter().zip(&self.sets) {
+            if let Err(error) = task.await {
+                tracing::error!(issuer = set.settings.issuer, %error, "the JWKS refresh task failed; tokens of this issuer are refused from now on");
+            }
         }
     }
 }

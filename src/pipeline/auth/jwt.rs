@@ -239,8 +239,9 @@ pub struct JwtIdentity {
 pub enum JwtRejection {
     /// Refused.
     Failure(AuthFailure),
-    /// No key of a remote set fits the token: a refresh may bring it.
-    KeyNotFound(Arc<RemoteJwks>),
+    /// No key of a remote set fits the token: a refresh may bring it. Carries the set and the
+    /// generation that was searched.
+    KeyNotFound(Arc<RemoteJwks>, u64),
 }
 
 impl From<AuthFailure> for JwtRejection {
@@ -313,7 +314,7 @@ impl JwtVerifier {
             Err(KeyMiss::Ambiguous) => return Err(AuthFailure::UnknownSigningKey.into()),
             Err(KeyMiss::Unknown) => {
                 return Err(match &issuer.keys {
-                    KeySource::Remote(remote) => JwtRejection::KeyNotFound(remote.clone()),
+                    KeySource::Remote(remote) => JwtRejection::KeyNotFound(remote.clone(), keys.generation),
                     KeySource::Static(_) => JwtRejection::Failure(AuthFailure::UnknownSigningKey),
                 })
             }
@@ -412,7 +413,13 @@ fn claim_header_value(value: &Value) -> Option<HeaderValue> {
         Value::String(s) => s.clone(),
         Value::Number(_) | Value::Bool(_) => value.to_string(),
         Value::Array(items) => {
-            items.iter().map(|i| i.as_str()).collect::<Option<Vec<&str>>>().filter(|v| !v.is_empty())?.join(",")
+            // An item with a comma would read as two items to an upstream that splits the list.
+            let items: Vec<&str> =
+                items.iter().map(|i| i.as_str().filter(|s| !s.contains(','))).collect::<Option<_>>()?;
+            if items.is_empty() {
+                return None;
+            }
+            items.join(",")
         }
         _ => return None,
     };
@@ -560,6 +567,83 @@ mod tests {
         let two =
             KeySet { generation: 0, keys: vec![rsa_like.clone(), VerifyKey { kid: Some("r2".into()), ..rsa_like }] };
         assert_eq!(two.select(None, Algorithm::RS256).err(), Some(KeyMiss::Ambiguous));
+    }
+
+    /// An RSA key pair: (signing key, verification key).
+    fn rsa_pair() -> (EncodingKey, DecodingKey) {
+        let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+        let pkey = openssl::pkey::PKey::from_rsa(rsa).unwrap();
+        let private = EncodingKey::from_rsa_pem(&pkey.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        let public = pkey.public_key_to_pem().unwrap();
+        (private, DecodingKey::from_rsa_pem(&public).unwrap())
+    }
+
+    fn rsa_issuer(iss: &str, algorithms: Vec<Algorithm>, key: DecodingKey) -> Issuer {
+        let keys = KeySet { generation: 0, keys: vec![VerifyKey { kid: None, alg: None, key }] };
+        Issuer::new(IssuerSettings {
+            name: iss.into(),
+            issuer: iss.into(),
+            audiences: vec!["api".into()],
+            algorithms,
+            keys: KeySource::Static(Arc::new(keys)),
+            leeway: 0,
+            require_exp: true,
+            subject_claim: "sub".into(),
+            permissions_claim: "scope".into(),
+            claims_to_headers: vec![],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn an_rsa_public_key_is_never_an_hmac_secret() {
+        // Even an issuer that (against the config rules) allowed HS256 next to RS256 over an RSA
+        // key refuses an HS256 token keyed with that public key's PEM.
+        let rsa = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+        let public_pem = rsa.public_key_to_pem().unwrap();
+        let issuer =
+            rsa_issuer("a", vec![Algorithm::RS256, Algorithm::HS256], DecodingKey::from_rsa_pem(&public_pem).unwrap());
+        let v = JwtVerifier { issuers: vec![issuer], cache: None };
+        let claims = json!({"iss": "a", "aud": "api", "sub": "s", "exp": now() + 60});
+        let forged = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&public_pem)).unwrap();
+        assert_eq!(failure(&v, &forged), AuthFailure::WrongKeyType);
+    }
+
+    #[test]
+    fn a_token_signed_by_another_issuers_key_fails_its_signature() {
+        let (sign_a, verify_a) = rsa_pair();
+        let (sign_b, verify_b) = rsa_pair();
+        let v = JwtVerifier {
+            issuers: vec![
+                rsa_issuer("a", vec![Algorithm::RS256], verify_a),
+                rsa_issuer("b", vec![Algorithm::RS256], verify_b),
+            ],
+            cache: None,
+        };
+        let claims = json!({"iss": "a", "aud": "api", "sub": "s", "exp": now() + 60});
+        let header = Header::new(Algorithm::RS256);
+        assert!(v.verify(encode(&header, &claims, &sign_a).unwrap().as_bytes(), now()).is_ok());
+        assert_eq!(failure(&v, &encode(&header, &claims, &sign_b).unwrap()), AuthFailure::BadSignature);
+        let unknown = json!({"iss": "c", "aud": "api", "sub": "s", "exp": now() + 60});
+        assert_eq!(failure(&v, &encode(&header, &unknown, &sign_a).unwrap()), AuthFailure::UnknownIssuer);
+    }
+
+    #[test]
+    fn a_single_issuer_still_requires_iss() {
+        let v = verifier(false);
+        let mut c = base();
+        c.as_object_mut().unwrap().remove("iss");
+        assert_eq!(failure(&v, &token(c)), AuthFailure::InvalidClaims);
+    }
+
+    #[test]
+    fn claim_headers_cannot_forge_list_items() {
+        assert_eq!(claim_header_value(&json!(["a", "b"])), Some(HeaderValue::from_static("a,b")));
+        assert_eq!(claim_header_value(&json!(["admins,ops"])), None);
+        assert_eq!(claim_header_value(&json!([])), None);
+        assert_eq!(claim_header_value(&json!({"a": 1})), None);
+        assert_eq!(claim_header_value(&json!(42)), Some(HeaderValue::from_static("42")));
+        assert_eq!(claim_header_value(&json!("x\ny")), None);
     }
 
     #[test]

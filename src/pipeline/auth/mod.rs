@@ -181,8 +181,8 @@ impl Authenticator {
         match self.jwt.verify(token, now) {
             Ok(identity) => Ok(identity),
             Err(JwtRejection::Failure(failure)) => Err(failure),
-            Err(JwtRejection::KeyNotFound(remote)) => {
-                if !remote.refresh_for_unknown_key().await {
+            Err(JwtRejection::KeyNotFound(remote, searched)) => {
+                if !remote.refresh_for_unknown_key(searched).await {
                     return Err(if remote.is_loaded() {
                         AuthFailure::UnknownSigningKey
                     } else {
@@ -192,7 +192,7 @@ impl Authenticator {
                 match self.jwt.verify(token, jsonwebtoken::get_current_timestamp()) {
                     Ok(identity) => Ok(identity),
                     Err(JwtRejection::Failure(failure)) => Err(failure),
-                    Err(JwtRejection::KeyNotFound(_)) => Err(AuthFailure::UnknownSigningKey),
+                    Err(JwtRejection::KeyNotFound(..)) => Err(AuthFailure::UnknownSigningKey),
                 }
             }
         }
