@@ -1,6 +1,6 @@
 //! Request-path functions, one benchmark each: host allow-list, path normalisation, route
-//! lookup, header hygiene, request ids, API keys, and JWT verification per algorithm (cached
-//! and uncached). Run with `cargo bench --bench request_path`.
+//! lookup, CORS, rate limits, header hygiene, request ids, API keys, and JWT verification per
+//! algorithm (cached and uncached). Run with `cargo bench --bench request_path`.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
@@ -58,6 +58,10 @@ fn routes(c: &mut Criterion) {
             upstream: 0,
             auth: AuthMode::None,
             permissions: Vec::new(),
+            cors: false,
+            limits_before_auth: Vec::new(),
+            limits_after_auth: Vec::new(),
+            ratelimit_policy: None,
         });
     }
     routes.push(Route {
@@ -68,6 +72,10 @@ fn routes(c: &mut Criterion) {
         upstream: 0,
         auth: AuthMode::None,
         permissions: Vec::new(),
+        cors: false,
+        limits_before_auth: Vec::new(),
+        limits_after_auth: Vec::new(),
+        ratelimit_policy: None,
     });
     let table = RouteTable::new(routes);
     let mut g = c.benchmark_group("route");
@@ -76,6 +84,91 @@ fn routes(c: &mut Criterion) {
     });
     g.bench_function("miss_50_routes", |b| {
         b.iter(|| table.lookup(black_box("api.example.com"), black_box("/other/path/entirely"), &Method::GET))
+    });
+    g.finish();
+}
+
+fn cors(c: &mut Criterion) {
+    use portcullis::pipeline::cors::{CorsPolicy, CorsSettings, OriginPattern};
+    let policy = CorsPolicy::new(CorsSettings {
+        origins: ["https://app.example.com", "https://*.example.com", "http://localhost:3000"]
+            .iter()
+            .map(|o| OriginPattern::parse(o).unwrap())
+            .collect(),
+        methods: vec![Method::GET, Method::POST],
+        headers: Some(vec![HeaderName::from_static("authorization"), HeaderName::from_static("content-type")]),
+        expose: vec![HeaderName::from_static("x-request-id")],
+        credentials: true,
+        max_age: 600,
+    });
+    let mut exact = request("/", "api.example.com");
+    exact.insert_header("origin", "https://app.example.com").unwrap();
+    let mut wildcard = request("/", "api.example.com");
+    wildcard.insert_header("origin", "https://a.b.example.com").unwrap();
+    let mut denied = request("/", "api.example.com");
+    denied.insert_header("origin", "https://example.com.evil.net").unwrap();
+    let mut preflight = request("/", "api.example.com");
+    preflight.set_method(Method::OPTIONS);
+    preflight.insert_header("origin", "https://app.example.com").unwrap();
+    preflight.insert_header("access-control-request-method", "POST").unwrap();
+    preflight.insert_header("access-control-request-headers", "authorization,content-type").unwrap();
+    let upstream = pingora::http::ResponseHeader::build(200, Some(8)).unwrap();
+    let allowed = HeaderValue::from_static("https://app.example.com");
+    let mut g = c.benchmark_group("cors");
+    g.bench_function("origin_exact", |b| b.iter(|| policy.allow_origin(black_box(&exact))));
+    g.bench_function("origin_wildcard", |b| b.iter(|| policy.allow_origin(black_box(&wildcard))));
+    g.bench_function("origin_denied", |b| b.iter(|| policy.allow_origin(black_box(&denied))));
+    g.bench_function("preflight", |b| b.iter(|| policy.answer_preflight(black_box(&preflight), &Method::POST).is_ok()));
+    g.bench_function("decorate_response", |b| {
+        b.iter_batched(
+            || upstream.clone(),
+            |mut resp| policy.decorate(&mut resp, Some(&allowed)).is_ok(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn rate_limits(c: &mut Criterion) {
+    use portcullis::pipeline::ratelimit::{Caller, LimitKey, Policy, Rate, RateLimiter};
+    use std::net::IpAddr;
+    let unlimited = Rate { count: u32::MAX.into(), period: 60 };
+    let limiter = RateLimiter::new(
+        vec![
+            Policy::new("per-client".into(), LimitKey::Client, unlimited),
+            Policy::new("per-identity".into(), LimitKey::Identity, unlimited),
+        ],
+        None,
+    );
+    let headers = http::HeaderMap::new();
+    let now = 1_800_000_000;
+    let mut g = c.benchmark_group("ratelimit");
+    let one = Caller { client: "203.0.113.9".parse().unwrap(), headers: &headers, identity: None };
+    g.bench_function("one_policy_same_client", |b| {
+        b.iter(|| limiter.check(&[0], black_box(&one), now, &mut None).is_ok())
+    });
+    let who = Caller { identity: Some((b"", b"ci-bot")), ..one };
+    g.bench_function("two_policies", |b| b.iter(|| limiter.check(&[0, 1], black_box(&who), now, &mut None).is_ok()));
+    let mut quota = None;
+    limiter.check(&[0], &one, now, &mut quota).unwrap();
+    let quota = quota.unwrap();
+    let policy_header = portcullis::pipeline::ratelimit::policy_header(&limiter.policies, &[0, 1]);
+    let upstream = pingora::http::ResponseHeader::build(200, Some(8)).unwrap();
+    g.bench_function("decorate_response", |b| {
+        b.iter_batched(
+            || upstream.clone(),
+            |mut resp| limiter.decorate(&mut resp, Some(&quota), policy_header.as_ref(), now).is_ok(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    // Many distinct clients: past the exact table, into the sketch.
+    let mut next = 0u32;
+    g.bench_function("one_policy_distinct_clients", |b| {
+        b.iter(|| {
+            next = next.wrapping_add(1);
+            let c = Caller { client: IpAddr::V4(next.into()), headers: &headers, identity: None };
+            limiter.check(&[0], black_box(&c), now, &mut None).is_ok()
+        })
     });
     g.finish();
 }
@@ -188,5 +281,5 @@ fn jwts(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hosts, paths, routes, forwarding, api_keys, jwts);
+criterion_group!(benches, hosts, paths, routes, cors, rate_limits, forwarding, api_keys, jwts);
 criterion_main!(benches);

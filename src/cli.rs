@@ -15,6 +15,7 @@ use crate::error::GatewayError;
 use crate::pipeline::auth::jwt::{Issuer, KeySource};
 use crate::pipeline::host::HostPattern;
 use crate::pipeline::path;
+use crate::pipeline::ratelimit::LimitKey;
 use crate::pipeline::route::AuthMode;
 use crate::pipeline::upstream::Targets;
 
@@ -140,6 +141,15 @@ pub fn summary(config: &Config) -> String {
                 writeln!(out, "  {:<16} {} ({}; {})", i.name, i.issuer, algorithm_names(&i.algorithms), keys_from(i));
         }
     }
+    if !rt.limits.policies.is_empty() {
+        let _ = writeln!(out, "rate limits:");
+        for p in &rt.limits.policies {
+            let _ = writeln!(out, "  {:<16} {}/{}s by {}", p.name, p.rate.count, p.rate.period, limit_key_name(&p.key));
+        }
+    }
+    if rt.cors.is_some() {
+        let _ = writeln!(out, "cors: on (answered by the gateway; routes with cors = false excepted)");
+    }
     let _ = writeln!(out, "routes:");
     for r in rt.routes.routes() {
         let methods = r
@@ -167,6 +177,14 @@ pub fn summary(config: &Config) -> String {
         );
     }
     out
+}
+
+fn limit_key_name(key: &LimitKey) -> String {
+    match key {
+        LimitKey::Client => "client address".into(),
+        LimitKey::Identity => "identity".into(),
+        LimitKey::Header(name) => format!("header {name}"),
+    }
 }
 
 fn algorithm_names(algorithms: &[jsonwebtoken::Algorithm]) -> String {
@@ -245,7 +263,32 @@ pub fn explain(config: &Config, method: &str, url: &str) -> Result<(String, bool
     let _ = writeln!(out, "auth:        {auth}");
     let needs = if route.permissions.is_empty() { "no permission".to_string() } else { route.permissions.join(" + ") };
     let _ = writeln!(out, "permissions: {needs}");
-    let _ = writeln!(out, "limits:      request body at most {} bytes; no rate limit", rt.max_body_size);
+    let _ = writeln!(out, "limits:      request body at most {} bytes", rt.max_body_size);
+    let describe = |ids: &[usize], when: &str| {
+        ids.iter()
+            .map(|&id| {
+                let p = &rt.limits.policies[id];
+                format!("{} ({}/{}s by {}, {when})", p.name, p.rate.count, p.rate.period, limit_key_name(&p.key))
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut policies = describe(&route.limits_before_auth, "before auth");
+    policies.extend(describe(&route.limits_after_auth, "after auth"));
+    if policies.is_empty() {
+        let _ = writeln!(out, "rate limits: none");
+    } else {
+        let _ = writeln!(out, "rate limits: {}", policies.join("; "));
+    }
+    if let (Some(failures), true) = (&rt.limits.auth_failures, route.auth != AuthMode::None) {
+        let rate = failures.rate;
+        let _ =
+            writeln!(out, "             failed authentications: {}/{}s per client address", rate.count, rate.period);
+    }
+    let _ = writeln!(
+        out,
+        "cors:        {}",
+        if route.cors { "answered by the gateway ([cors])" } else { "off (the upstream's own)" }
+    );
     let outcome = match (route.auth, route.permissions.is_empty()) {
         (AuthMode::None, _) => "forwarded, no credentials needed",
         (_, true) => "forwarded once the credentials check out",

@@ -9,6 +9,7 @@ use http::HeaderValue;
 use crate::config::Runtime;
 use crate::error::GatewayError;
 use crate::pipeline::auth::Principal;
+use crate::pipeline::ratelimit::Quota;
 use crate::pipeline::route::RouteId;
 
 /// The state of one request.
@@ -38,6 +39,23 @@ pub struct RequestCtx {
     pub attempts: usize,
     /// The refusal the gateway answered with, if any.
     pub refusal: Option<GatewayError>,
+    /// What CORS does to the response.
+    pub cors: CorsState,
+    /// The tightest rate-limit standing of the route's policies, once checked.
+    pub quota: Option<Quota>,
+    /// When the request arrived, in seconds since the epoch (rate-limit windows).
+    pub now: u64,
+}
+
+/// What CORS does to a request's response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsState {
+    /// Nothing: no `[cors]`, or a route with `cors = false`.
+    Off,
+    /// A preflight: answered by the gateway, never decorated as an actual response.
+    Preflight,
+    /// An actual request: the `Access-Control-Allow-Origin` value when its origin is allowed.
+    Actual(Option<HeaderValue>),
 }
 
 impl RequestCtx {
@@ -56,6 +74,9 @@ impl RequestCtx {
             rotation_start: 0,
             attempts: 0,
             refusal: None,
+            cors: CorsState::Off,
+            quota: None,
+            now: 0,
         }
     }
 }

@@ -11,6 +11,28 @@ use serde::Serialize;
 
 use crate::pipeline::auth::AuthFailure;
 
+/// What a refused CORS preflight asked for that is not allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CorsRejection {
+    /// The `Origin`.
+    Origin,
+    /// The `Access-Control-Request-Method`.
+    Method,
+    /// One of the `Access-Control-Request-Headers`.
+    Headers,
+}
+
+impl CorsRejection {
+    /// `origin`, `method` or `headers`.
+    pub fn label(self) -> &'static str {
+        match self {
+            CorsRejection::Origin => "origin",
+            CorsRejection::Method => "method",
+            CorsRejection::Headers => "headers",
+        }
+    }
+}
+
 /// A request the gateway answers itself with an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
@@ -29,6 +51,8 @@ pub enum GatewayError {
         /// The first required permission not granted.
         missing: Box<str>,
     },
+    /// 403 `CORS_REJECTED`: a preflight for an origin, method or header `[cors]` does not allow.
+    CorsRejected(CorsRejection),
     /// 404 `ROUTE_NOT_FOUND`.
     RouteNotFound,
     /// 405 `METHOD_NOT_ALLOWED`, with the methods the matched path allows.
@@ -40,6 +64,17 @@ pub enum GatewayError {
     PayloadTooLarge {
         /// `server.max_body_size` in bytes.
         limit: u64,
+    },
+    /// 429 `RATE_LIMITED`, with `Retry-After`.
+    RateLimited {
+        /// The policy that refused (`auth_failures` for the failed-authentication limit).
+        policy: Box<str>,
+        /// Requests per window.
+        limit: u64,
+        /// Window length in seconds.
+        window: u64,
+        /// Seconds until the next window opens.
+        retry_after: u64,
     },
     /// 502 `UPSTREAM_UNAVAILABLE`: no connection, or a broken response.
     UpstreamUnavailable,
@@ -58,8 +93,9 @@ impl GatewayError {
             }
             GatewayError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::AuthenticationFailed(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::PermissionDenied { .. } => StatusCode::FORBIDDEN,
+            GatewayError::PermissionDenied { .. } | GatewayError::CorsRejected(_) => StatusCode::FORBIDDEN,
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -76,7 +112,9 @@ impl GatewayError {
             GatewayError::HostNotAllowed => "HOST_NOT_ALLOWED",
             GatewayError::AuthenticationFailed(_) => "AUTHENTICATION_FAILED",
             GatewayError::PermissionDenied { .. } => "PERMISSION_DENIED",
+            GatewayError::CorsRejected(_) => "CORS_REJECTED",
             GatewayError::RouteNotFound => "ROUTE_NOT_FOUND",
+            GatewayError::RateLimited { .. } => "RATE_LIMITED",
             GatewayError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             GatewayError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             GatewayError::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
@@ -92,7 +130,9 @@ impl GatewayError {
             GatewayError::HostNotAllowed => "this host is not served here",
             GatewayError::AuthenticationFailed(_) => "missing or invalid credentials",
             GatewayError::PermissionDenied { .. } => "the credentials lack a permission this route requires",
+            GatewayError::CorsRejected(_) => "this cross-origin request is not allowed",
             GatewayError::RouteNotFound => "no route matches this path",
+            GatewayError::RateLimited { .. } => "too many requests; retry after the time in Retry-After",
             GatewayError::MethodNotAllowed { .. } => "this method is not allowed on this path",
             GatewayError::PayloadTooLarge { .. } => "the request body is larger than this gateway accepts",
             GatewayError::UpstreamUnavailable => "the upstream service is unavailable",
@@ -110,7 +150,9 @@ impl GatewayError {
             GatewayError::HostNotAllowed => "host_not_allowed",
             GatewayError::AuthenticationFailed(_) => "authentication_failed",
             GatewayError::PermissionDenied { .. } => "permission_denied",
+            GatewayError::CorsRejected(_) => "cors_rejected",
             GatewayError::RouteNotFound => "route_not_found",
+            GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
@@ -128,6 +170,13 @@ impl GatewayError {
             }
             GatewayError::PayloadTooLarge { limit } => serde_json::json!({ "max_body_size": limit }),
             GatewayError::PermissionDenied { missing } => serde_json::json!({ "missing_permission": missing }),
+            GatewayError::CorsRejected(why) => serde_json::json!({ "rejected": why.label() }),
+            GatewayError::RateLimited { policy, limit, window, retry_after } => serde_json::json!({
+                "policy": policy,
+                "limit": limit,
+                "window_seconds": window,
+                "retry_after_seconds": retry_after,
+            }),
             _ => serde_json::Value::Null,
         }
     }
@@ -172,6 +221,9 @@ impl GatewayError {
                     None => r#"Bearer realm="portcullis""#,
                 };
                 resp.insert_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge))?;
+            }
+            GatewayError::RateLimited { retry_after, .. } => {
+                resp.insert_header(http::header::RETRY_AFTER, *retry_after)?;
             }
             _ => {}
         }

@@ -17,19 +17,32 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::Runtime;
-use crate::ctx::RequestCtx;
-use crate::error::GatewayError;
+use crate::ctx::{CorsState, RequestCtx};
+use crate::error::{CorsRejection, GatewayError};
+use crate::pipeline::cors::{self, CorsPolicy};
+use crate::pipeline::ratelimit::Caller;
+use crate::pipeline::route::{AuthMode, RouteId};
 use crate::pipeline::upstream::Targets;
 use crate::pipeline::{body, echo, forward, path, request_id};
+
+/// What the request-header stages decided, when they did not refuse.
+enum Admission {
+    /// Proxy the request (or answer it with `builtin:echo`).
+    Forward,
+    /// A CORS preflight, answered with this response.
+    Preflight(Box<ResponseHeader>),
+}
 
 /// The shared, swappable runtime configuration: each request reads it once.
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
@@ -45,38 +58,136 @@ impl Gateway {
         Gateway { runtime }
     }
 
-    /// The request-header stages. `Err` is the refusal to answer with.
-    async fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    /// The request-header stages: forward, answer a preflight, or `Err`, the refusal to
+    /// answer with.
+    async fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<Admission, GatewayError> {
         let rt = &*ctx.runtime;
         let req = session.req_header();
         ctx.request_id = request_id::request_id(&req.headers, &rt.request_id_header);
+        ctx.peer =
+            session.client_addr().and_then(|a| a.as_inet()).map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        ctx.client_ip = rt.trusted_proxies.client_ip(ctx.peer, &req.headers);
+        let preflight = rt.cors.as_ref().and_then(|_| CorsPolicy::preflight_method(req));
+        ctx.cors = match (&rt.cors, &preflight) {
+            (None, _) => CorsState::Off,
+            (Some(_), Some(_)) => CorsState::Preflight,
+            (Some(cors), None) => CorsState::Actual(cors.allow_origin(req)),
+        };
 
         let host = rt.hosts.check(req)?;
         ctx.host = host.authority;
 
         let canonical = path::normalize(req.uri.path())?;
-        let route_id = rt.routes.lookup(host.name.as_str(), &canonical, &req.method)?;
-        rt.routes.check_unambiguous(host.name.as_str(), &canonical, route_id)?;
+        let host_name = host.name.as_str();
+        let route_for = |method: &Method| -> Result<RouteId, GatewayError> {
+            let id = rt.routes.lookup(host_name, &canonical, method)?;
+            rt.routes.check_unambiguous(host_name, &canonical, id)?;
+            Ok(id)
+        };
+        // A preflight is routed by the method it asks about. When no route serves that method
+        // here, the OPTIONS route decides: one with `cors = false` takes the request as its own.
+        let route_id = match &preflight {
+            Some(Some(asked)) => match route_for(asked) {
+                Err(GatewayError::MethodNotAllowed { .. }) => route_for(&req.method)
+                    .ok()
+                    .filter(|&id| !rt.routes.get(id).cors)
+                    .ok_or(GatewayError::CorsRejected(CorsRejection::Method))?,
+                other => other?,
+            },
+            Some(None) => route_for(&req.method)
+                .ok()
+                .filter(|&id| !rt.routes.get(id).cors)
+                .ok_or(GatewayError::CorsRejected(CorsRejection::Method))?,
+            None => route_for(&req.method)?,
+        };
         ctx.route = Some(route_id);
+        let route = rt.routes.get(route_id);
+        if let (true, Some(cors), Some(asked)) = (route.cors, &rt.cors, &preflight) {
+            let asked = asked.as_ref().ok_or(GatewayError::CorsRejected(CorsRejection::Method))?;
+            return Ok(Admission::Preflight(Box::new(cors.answer_preflight(req, asked)?)));
+        }
+        // On a `cors = false` route CORS is the upstream's business: a preflight is forwarded,
+        // without credentials, since browsers never send them with one.
+        let upstream_preflight = preflight.is_some();
+        if upstream_preflight || !route.cors {
+            ctx.cors = CorsState::Off;
+        }
         if let Cow::Owned(p) = canonical {
             ctx.canonical_path = Some(p);
         }
 
         body::check_declared_length(&req.headers, rt.max_body_size)?;
 
-        ctx.peer =
-            session.client_addr().and_then(|a| a.as_inet()).map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-        ctx.client_ip = rt.trusted_proxies.client_ip(ctx.peer, &req.headers);
-
-        let route = rt.routes.get(route_id);
-        ctx.principal = rt.auth.authenticate(route.auth, &req.headers).await?;
+        // Address-keyed limits, and the failed-authentication limit, cut floods before any
+        // signature is checked.
+        ctx.now = unix_now();
+        let reads_credentials = route.auth != AuthMode::None && !upstream_preflight;
+        let guessing = reads_credentials && rt.auth.presents_credential(&req.headers);
+        if guessing {
+            rt.limits.check_auth_failures(ctx.client_ip, ctx.now, &mut ctx.quota)?;
+        }
+        let mut caller = Caller { client: ctx.client_ip, headers: &req.headers, identity: None };
+        rt.limits.check(&route.limits_before_auth, &caller, ctx.now, &mut ctx.quota)?;
+        if !reads_credentials {
+            return Ok(Admission::Forward);
+        }
+        let authenticated = rt.auth.authenticate(route.auth, &req.headers).await;
+        // Verification may have waited for a JWKS refresh: windows and headers use the time now.
+        let now = unix_now();
+        ctx.principal = match authenticated {
+            Ok(principal) => principal,
+            Err(refusal) => {
+                if let GatewayError::AuthenticationFailed(failure) = &refusal {
+                    if guessing && failure.is_guess() {
+                        rt.limits.record_auth_failure(ctx.client_ip, now);
+                    }
+                }
+                return Err(refusal);
+            }
+        };
+        if !route.limits_after_auth.is_empty() {
+            caller.identity = ctx.principal.as_ref().map(|p| rt.auth.limit_identity(p));
+            if let Err(refusal) = rt.limits.check(&route.limits_after_auth, &caller, now, &mut ctx.quota) {
+                rt.limits.release(&route.limits_before_auth, &caller, ctx.now);
+                ctx.now = now;
+                return Err(refusal);
+            }
+        }
+        ctx.now = now;
         rt.auth.authorize(ctx.principal.as_ref(), &route.permissions)?;
+        Ok(Admission::Forward)
+    }
+
+    /// Sets what every response carries: the request id, the CORS headers of an actual
+    /// request (or the `Vary` of a preflight), the rate-limit headers of a limited route.
+    fn decorate(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+        let rt = &*ctx.runtime;
+        resp.insert_header(rt.request_id_header.clone(), ctx.request_id.clone())?;
+        match (&ctx.cors, &rt.cors) {
+            (CorsState::Actual(origin), Some(cors)) => cors.decorate(resp, origin.as_ref())?,
+            (CorsState::Preflight, _) => cors::add_vary(resp, cors::preflight_vary())?,
+            _ => {}
+        }
+        let policy_header = ctx.route.and_then(|id| rt.routes.get(id).ratelimit_policy.as_ref());
+        if ctx.quota.is_some() || policy_header.is_some() {
+            rt.limits.decorate(resp, ctx.quota.as_ref(), policy_header, ctx.now)?;
+        }
         Ok(())
+    }
+
+    /// Answers a preflight that `[cors]` allows: 204, no body.
+    async fn answer_preflight(session: &mut Session, ctx: &RequestCtx, mut resp: Box<ResponseHeader>) -> Result<()> {
+        Self::decorate(&mut resp, ctx)?;
+        if !session.as_downstream_mut().is_body_done() {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(resp, true).await
     }
 
     /// Answers with `error` as JSON, and records it as this request's outcome.
     async fn refuse(session: &mut Session, ctx: &mut RequestCtx, error: GatewayError) -> Result<()> {
-        let (resp, body) = error.to_response(&ctx.runtime.request_id_header, &ctx.request_id)?;
+        let (mut resp, body) = error.to_response(&ctx.runtime.request_id_header, &ctx.request_id)?;
+        Self::decorate(&mut resp, ctx)?;
         // An unread request body would have to be drained before the connection can be reused:
         // close instead of reading what was refused.
         if !session.as_downstream_mut().is_body_done() {
@@ -101,12 +212,13 @@ impl Gateway {
             return Self::refuse(session, ctx, e).await;
         }
         let body = echo::describe(&upstream_request, ctx.body_bytes);
-        let resp = crate::error::json_response(
+        let mut resp = crate::error::json_response(
             http::StatusCode::OK,
             body.len(),
             &ctx.runtime.request_id_header,
             &ctx.request_id,
         )?;
+        Self::decorate(&mut resp, ctx)?;
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await
     }
@@ -135,6 +247,11 @@ impl Gateway {
     }
 }
 
+/// Seconds since the epoch: the clock rate-limit windows are aligned to.
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// Maps a Pingora error to the refusal the client sees; `None` when the client is gone.
 fn classify(e: &Error) -> Option<GatewayError> {
     match (e.esource(), e.etype()) {
@@ -158,9 +275,16 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if let Err(refusal) = Self::admit(session, ctx).await {
-            Self::refuse(session, ctx, refusal).await?;
-            return Ok(true);
+        match Self::admit(session, ctx).await {
+            Ok(Admission::Forward) => {}
+            Ok(Admission::Preflight(resp)) => {
+                Self::answer_preflight(session, ctx, resp).await?;
+                return Ok(true);
+            }
+            Err(refusal) => {
+                Self::refuse(session, ctx, refusal).await?;
+                return Ok(true);
+            }
         }
         if let Some(upstream) = Self::upstream_of(ctx) {
             if matches!(upstream.targets, Targets::Echo) {
@@ -225,8 +349,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header(ctx.runtime.request_id_header.clone(), ctx.request_id.clone())?;
-        Ok(())
+        Self::decorate(resp, ctx)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
@@ -244,7 +367,8 @@ impl ProxyHttp for Gateway {
             let response = refusal.to_response(&ctx.runtime.request_id_header, &ctx.request_id);
             ctx.refusal = Some(refusal);
             let written = async {
-                let (resp, body) = response?;
+                let (mut resp, body) = response?;
+                Self::decorate(&mut resp, ctx)?;
                 session.write_response_header(Box::new(resp), false).await?;
                 session.write_response_body(Some(body), true).await
             };

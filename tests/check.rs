@@ -220,11 +220,11 @@ fn each_bad_config_is_refused_naming_its_key() {
             "auth.jwt[0].jwks_file",
             "not a JWKS document",
         ),
-        (format!("{BASE}\n[cors]\nallowed_origins = [\"https://a.example\"]\n"), "cors", "not supported yet"),
+        (format!("{BASE}\n[cors]\nallowed_origins = [\"https://a.example/\"]\n"), "cors.allowed_origins[0]", "has a path"),
         (
-            format!("{BASE}\n[[rate_limit]]\nname = \"x\"\nkey = \"client\"\nlimit = \"1/second\"\n"),
-            "rate_limit[0]",
-            "not supported yet",
+            format!("{BASE}\n[[rate_limit]]\nname = \"x\"\nkey = \"client\"\nlimit = \"1/sec\"\n"),
+            "rate_limit[0].limit",
+            "is not a rate",
         ),
         (
             BASE.replace(

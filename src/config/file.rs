@@ -59,6 +59,8 @@ pub struct ServerSection {
     pub threads: Option<usize>,
     /// Idle upstream connections kept for reuse, across all upstreams.
     pub upstream_keepalive_pool_size: Option<usize>,
+    /// Failed authentications allowed per client address, e.g. `"30/minute"`, or `"off"`.
+    pub auth_failure_limit: Option<String>,
 }
 
 /// `[[listener]]`.

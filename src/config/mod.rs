@@ -6,6 +6,7 @@
 //! an error. Every problem is reported with the file that holds it (see [`Sources`]).
 
 mod auth;
+mod edge;
 pub mod error;
 pub mod file;
 pub mod runtime;

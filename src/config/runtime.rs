@@ -15,13 +15,16 @@ use http::{HeaderName, Method};
 use ipnet::IpNet;
 
 use super::auth::build_auth;
+use super::edge::{build_auth_failure_limit, build_cors, build_policies};
 use super::file::{FileConfig, RouteSection, UpstreamSection};
 use super::units::{parse_duration, parse_size};
 use super::{ConfigErrors, Problems, Sources};
 use crate::pipeline::auth::Authenticator;
 use crate::pipeline::client::TrustedProxies;
+use crate::pipeline::cors::CorsPolicy;
 use crate::pipeline::host::{HostAllowList, HostPattern};
 use crate::pipeline::path;
+use crate::pipeline::ratelimit::{policy_header, Policy, PolicyId, RateLimiter};
 use crate::pipeline::route::{AuthMode, Route, RouteTable};
 use crate::pipeline::upstream::{Targets, Upstream};
 
@@ -127,6 +130,10 @@ pub struct Runtime {
     pub request_id_header: HeaderName,
     /// API keys and how credentials are read.
     pub auth: Authenticator,
+    /// `[cors]`, when configured.
+    pub cors: Option<CorsPolicy>,
+    /// Rate-limit policies and their counters, and the failed-authentication limit.
+    pub limits: RateLimiter,
     /// Routes.
     pub routes: RouteTable,
     /// Upstreams, indexed by `Route::upstream`.
@@ -209,8 +216,24 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
     let listeners = build_listeners(file, &mut p);
     let log_level = build_log_level(file, &mut p);
     let (upstreams, upstream_index) = build_upstreams(&file.upstream, &mut p);
-    let routes = build_routes(&file.route, &upstream_index, &hosts, &mut p);
     let auth = build_auth(file.auth.as_ref(), &mut p);
+    let cors = file.cors.as_ref().map(|section| {
+        // Without allowed_headers, a browser may send what the gateway itself reads.
+        let mut defaults = vec![http::header::AUTHORIZATION, http::header::CONTENT_TYPE];
+        defaults.extend(auth.api_key_headers.iter().cloned());
+        defaults.push(request_id_header.clone());
+        build_cors(section, &defaults, &request_id_header, &mut p)
+    });
+    let policies = build_policies(&file.rate_limit, &auth.api_key_headers, &mut p);
+    let edge = EdgeRefs {
+        policies: &policies.policies,
+        policy_index: &policies.index,
+        refused_policies: &policies.refused,
+        cors: cors.is_some(),
+    };
+    let routes = build_routes(&file.route, &upstream_index, &hosts, &edge, &mut p);
+    let auth_failure_limit = build_auth_failure_limit(server.auth_failure_limit.as_deref(), &mut p);
+    let limits = RateLimiter::new(policies.policies, auth_failure_limit);
     if auth.api_key_headers.contains(&request_id_header) {
         // A valid key would be kept as the request id: echoed, logged and forwarded.
         p.push(
@@ -227,6 +250,8 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
         max_body_size,
         request_id_header,
         auth,
+        cors,
+        limits,
         routes: RouteTable::new(routes),
         upstreams,
     };
@@ -238,12 +263,6 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
 fn refuse_unsupported(file: &FileConfig, p: &mut Problems<'_>) {
     if file.admin.is_some() {
         p.unsupported("admin", "the [admin] listener (metrics and health endpoints)");
-    }
-    if file.cors.is_some() {
-        p.unsupported("cors", "CORS");
-    }
-    if !file.rate_limit.is_empty() {
-        p.unsupported("rate_limit[0]", "rate limiting");
     }
     if let Some(log) = &file.log {
         if log.access.as_deref().is_some_and(|v| v != "off") {
@@ -414,10 +433,50 @@ fn build_targets(targets: Option<&[String]>, key: &str, p: &mut Problems<'_>) ->
     Targets::Servers(servers)
 }
 
+/// What routes may refer to besides upstreams: the rate-limit policies, and whether `[cors]`
+/// exists.
+struct EdgeRefs<'a> {
+    policies: &'a [Policy],
+    policy_index: &'a HashMap<String, PolicyId>,
+    refused_policies: &'a HashSet<String>,
+    cors: bool,
+}
+
+/// A route's `rate_limits`, split into the policies checked before and after authentication.
+fn route_limits(
+    names: Option<&[String]>,
+    key: &str,
+    edge: &EdgeRefs<'_>,
+    p: &mut Problems<'_>,
+) -> (Vec<PolicyId>, Vec<PolicyId>) {
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for (j, name) in names.unwrap_or(&[]).iter().enumerate() {
+        match edge.policy_index.get(name) {
+            Some(&id) if before.contains(&id) || after.contains(&id) => {
+                p.push(&format!("{key}[{j}]"), format!("\"{name}\" is listed twice"), "list it once")
+            }
+            Some(&id) if edge.policies[id].key.needs_identity() => after.push(id),
+            Some(&id) => before.push(id),
+            None if edge.refused_policies.contains(name) => {}
+            None => {
+                let mut known: Vec<&str> = edge.policy_index.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                p.push(
+                    &format!("{key}[{j}]"),
+                    format!("no [[rate_limit]] is named \"{name}\""),
+                    format!("use one of {known:?} or add the policy"),
+                );
+            }
+        }
+    }
+    (before, after)
+}
+
 fn build_routes(
     sections: &[RouteSection],
     upstream_index: &HashMap<String, usize>,
     hosts: &HostAllowList,
+    edge: &EdgeRefs<'_>,
     p: &mut Problems<'_>,
 ) -> Vec<Route> {
     if sections.is_empty() {
@@ -519,11 +578,37 @@ fn build_routes(
                 "set auth = \"required\" or remove the permissions",
             );
         }
-        if r.rate_limits.as_ref().is_some_and(|v| !v.is_empty()) {
-            p.unsupported(&key("rate_limits"), "rate limiting");
-        }
+        let (limits_before_auth, limits_after_auth) =
+            route_limits(r.rate_limits.as_deref(), &key("rate_limits"), edge, p);
+        let cors = match r.cors {
+            Some(true) if !edge.cors => {
+                p.push(
+                    &key("cors"),
+                    "is true, but there is no [cors] section",
+                    "add a [cors] section, or remove the key",
+                );
+                false
+            }
+            Some(on) => on && edge.cors,
+            None => edge.cors,
+        };
+        let mut ids = limits_before_auth.clone();
+        ids.extend(&limits_after_auth);
+        let ratelimit_policy = policy_header(edge.policies, &ids);
         let Some(upstream) = upstream else { continue };
-        let route = Route { name: name.into(), host, path: path.into(), methods, upstream, auth, permissions };
+        let route = Route {
+            name: name.into(),
+            host,
+            path: path.into(),
+            methods,
+            upstream,
+            auth,
+            permissions,
+            cors,
+            limits_before_auth,
+            limits_after_auth,
+            ratelimit_policy,
+        };
         if let Some(other) = routes.iter().find(|o| overlaps(o, &route)) {
             p.push(
                 &key("path"),

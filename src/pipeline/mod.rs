@@ -3,20 +3,30 @@
 //! 1. [`request_id`]: keep the client's request id or make one.
 //! 2. [`host`]: the host allow-list (400 / 421).
 //! 3. [`path`]: one canonical path (400 `BAD_PATH`).
-//! 4. [`route`]: host, longest path prefix, method (404 / 405).
-//! 5. [`body`]: request body limits (413).
-//! 6. [`client`]: the client address, through trusted proxies.
-//! 7. [`auth`]: credentials (401) and the route's permissions (403).
-//! 8. [`upstream`]: target choice, or [`echo`] for `builtin:echo` (502 / 504).
-//! 9. [`forward`]: header hygiene, forwarding and identity headers.
+//! 4. [`route`]: host, longest path prefix, method (404 / 405); a CORS preflight is routed by the
+//!    method it asks about.
+//! 5. [`cors`]: preflights answered at the edge (204 / 403 `CORS_REJECTED`).
+//! 6. [`body`]: request body limits (413).
+//! 7. [`client`]: the client address, through trusted proxies.
+//! 8. [`ratelimit`]: the route's address- and header-keyed limits (429), before any credential
+//!    is looked at; then the failed-authentication limit per address (429).
+//! 9. [`auth`]: credentials (401); then the identity-keyed limits (429); then the route's
+//!    permissions (403).
+//! 10. [`upstream`]: target choice, or [`echo`] for `builtin:echo` (502 / 504).
+//! 11. [`forward`]: header hygiene, forwarding and identity headers.
+//!
+//! On the way back, every response (the upstream's or the gateway's own) gets the request id,
+//! the CORS headers ([`cors`]) and the rate-limit headers ([`ratelimit`]).
 
 pub mod auth;
 pub mod body;
 pub mod client;
+pub mod cors;
 pub mod echo;
 pub mod forward;
 pub mod host;
 pub mod path;
+pub mod ratelimit;
 pub mod request_id;
 pub mod route;
 pub mod upstream;

@@ -23,6 +23,7 @@ use http::{HeaderValue, Method};
 
 use crate::error::GatewayError;
 use crate::pipeline::host::HostPattern;
+use crate::pipeline::ratelimit::PolicyId;
 
 /// Index of a route in [`RouteTable::routes`].
 pub type RouteId = usize;
@@ -55,6 +56,14 @@ pub struct Route {
     pub auth: AuthMode,
     /// Permissions a caller needs, all of them.
     pub permissions: Vec<Box<str>>,
+    /// Whether `[cors]` applies (it exists and the route did not turn it off).
+    pub cors: bool,
+    /// Rate-limit policies checked before authentication (address- and header-keyed).
+    pub limits_before_auth: Vec<PolicyId>,
+    /// Rate-limit policies checked after authentication (identity-keyed).
+    pub limits_after_auth: Vec<PolicyId>,
+    /// The IETF `RateLimit-Policy` value of this route's policies, rendered at load.
+    pub ratelimit_policy: Option<HeaderValue>,
 }
 
 impl Route {
@@ -200,6 +209,10 @@ mod tests {
             upstream: 0,
             auth: AuthMode::None,
             permissions: Vec::new(),
+            cors: false,
+            limits_before_auth: Vec::new(),
+            limits_after_auth: Vec::new(),
+            ratelimit_policy: None,
         }
     }
 

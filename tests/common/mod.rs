@@ -180,6 +180,14 @@ async fn answer(name: &'static str, req: Request<Incoming>) -> Result<Response<F
         "body_bytes": body_bytes,
     });
     let mut response = Response::builder().header("content-type", "application/json").header("x-upstream", name);
+    if parts.uri.path().ends_with("/upstream-cors") {
+        // An upstream with CORS opinions of its own, which the gateway must replace.
+        response = response
+            .header("access-control-allow-origin", "*")
+            .header("access-control-allow-methods", "PUT, PATCH")
+            .header("access-control-expose-headers", "x-upstream")
+            .header("vary", "Accept-Encoding");
+    }
     if parts.uri.path().ends_with("/upstream-id") {
         // An upstream that sets its own request id, which the gateway must not let through.
         response = response.header("x-request-id", "set-by-upstream");
@@ -203,6 +211,11 @@ impl RawResponse {
     /// The first value of a header.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a header, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
     }
 
     /// The body as JSON.
@@ -285,6 +298,16 @@ pub async fn raw_head(addr: SocketAddr, request: &[u8]) -> RawResponse {
 /// `GET {target}` with the given Host header value, `Connection: close`.
 pub async fn get_with_host(addr: SocketAddr, target: &str, host: &str) -> RawResponse {
     let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    raw(addr, req.as_bytes()).await
+}
+
+/// `METHOD {target}` for `Host: localhost` with extra headers, `Connection: close`.
+pub async fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> RawResponse {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("Content-Length: 0\r\nConnection: close\r\n\r\n");
     raw(addr, req.as_bytes()).await
 }
 

@@ -89,6 +89,20 @@ impl AuthFailure {
         }
     }
 
+    /// Whether the failure looks like a guess, and counts against `server.auth_failure_limit`.
+    /// Not: no credential, an expired or not-yet-valid one (a client's clock or refresh bug),
+    /// a key id the JWKS may not have fetched yet, keys not loaded (the gateway's own trouble).
+    pub fn is_guess(self) -> bool {
+        !matches!(
+            self,
+            AuthFailure::Missing
+                | AuthFailure::Expired
+                | AuthFailure::NotYetValid
+                | AuthFailure::UnknownSigningKey
+                | AuthFailure::KeysUnavailable
+        )
+    }
+
     /// The RFC 6750 `error` attribute of `WWW-Authenticate`: none when nothing was sent.
     pub fn bearer_error(self) -> Option<&'static str> {
         match self {
@@ -176,6 +190,11 @@ impl Authenticator {
         Err(GatewayError::AuthenticationFailed(failure))
     }
 
+    /// Whether the request carries any credential the gateway reads.
+    pub fn presents_credential(&self, headers: &HeaderMap) -> bool {
+        headers.contains_key(AUTHORIZATION) || self.api_key_headers.iter().any(|h| headers.contains_key(h))
+    }
+
     async fn verify_jwt(&self, token: &[u8]) -> Result<Arc<JwtIdentity>, AuthFailure> {
         let now = jsonwebtoken::get_current_timestamp();
         match self.jwt.verify(token, now) {
@@ -209,6 +228,18 @@ impl Authenticator {
         match required.iter().find(|p| !granted.contains(p)) {
             Some(missing) => Err(GatewayError::PermissionDenied { missing: missing.clone() }),
             None => Ok(()),
+        }
+    }
+
+    /// Who `principal` is, for identity-keyed rate limits: `("", key id)` for an API key,
+    /// `(iss, sub)` for a JWT (an issuer is never empty, so the two never meet).
+    pub fn limit_identity<'a>(&'a self, principal: &'a Principal) -> (&'a [u8], &'a [u8]) {
+        match principal {
+            Principal::ApiKey(i) => (b"", self.keys.get(*i).id.as_bytes()),
+            Principal::Jwt(id) => {
+                let issuer = self.jwt.issuers.get(id.issuer).map_or(&b""[..], |i| i.issuer_header.as_bytes());
+                (issuer, id.subject.as_bytes())
+            }
         }
     }
 

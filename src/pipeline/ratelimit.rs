@@ -1,0 +1,768 @@
+//! Rate limits: named fixed-window policies (`[[rate_limit]]`), applied per route, and the
+//! failed-authentication limit per client address.
+//!
+//! **Windows.** A policy of `N/minute` lets each key make `N` requests per calendar minute; the
+//! windows are aligned to the Unix epoch (a minute starts at second 0, a day at 00:00 UTC), as in
+//! Kong, so `X-RateLimit-Reset` is the same for every key and every gateway instance, and
+//! `Retry-After` is the number of seconds until the next window opens. A request a limit refuses
+//! counts against none of its route's policies: the client that waits `Retry-After` seconds
+//! gets through. (A request refused by authentication does count against the address-keyed
+//! policies, which ran before it.)
+//!
+//! **Keys.** `client` is the client address (through trusted proxies; IPv6 clients by their /64,
+//! which one subscriber typically holds whole); `identity` is the verified API key id or JWT
+//! issuer and subject, or the client address when the request is anonymous; `header:NAME` is the
+//! header's first value, or the client address when the header is absent. Keys are hashed with a
+//! per-process random SipHash key, so clients cannot aim collisions at each other.
+//!
+//! **Memory.** Each policy counts exactly, in a sharded table, the first [`EXACT_KEYS`] keys that
+//! appear in a window; keys beyond that (a flood of addresses) are counted in a fixed-size
+//! count-min sketch (`pingora-limits`' lock-free `Estimator`), which may over-count under hash
+//! collisions but never under-counts: no key gets more than its limit, and memory is fixed
+//! whatever the number of clients.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
+use pingora_limits::estimator::Estimator;
+
+use crate::error::GatewayError;
+
+/// Keys counted exactly per policy and window; later keys go to the sketch.
+pub const EXACT_KEYS: usize = 131_072;
+/// Shards of the exact table: requests for different keys rarely wait on the same lock.
+const SHARDS: usize = 32;
+/// Rows of the count-min sketch (each an independent hash).
+const SKETCH_HASHES: usize = 4;
+/// Counters per sketch row.
+const SKETCH_SLOTS: usize = 16_384;
+/// `server.auth_failure_limit` when unset: failed authentications per client address.
+pub const DEFAULT_AUTH_FAILURE_LIMIT: Rate = Rate { count: 30, period: 60 };
+
+/// Index of a policy in [`RateLimiter::policies`].
+pub type PolicyId = usize;
+
+/// `N` requests per `period` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Requests allowed per window.
+    pub count: u64,
+    /// Window length in seconds.
+    pub period: u64,
+}
+
+impl Rate {
+    /// Parses `N/second`, `N/minute`, `N/hour` or `N/day`.
+    pub fn parse(text: &str) -> Result<Rate, String> {
+        let bad = || format!("\"{text}\" is not a rate");
+        let (count, unit) = text.split_once('/').ok_or_else(bad)?;
+        let count: u64 = count.trim().parse().map_err(|_| bad())?;
+        let period = match unit.trim() {
+            "second" | "s" => 1,
+            "minute" | "m" => 60,
+            "hour" | "h" => 3_600,
+            "day" | "d" => 86_400,
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("\"{text}\" allows no request at all"));
+        }
+        if count > u64::from(u32::MAX) {
+            return Err(format!("\"{text}\" is more than {} per window", u32::MAX));
+        }
+        Ok(Rate { count, period })
+    }
+}
+
+/// What a policy counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client address.
+    Client,
+    /// The verified caller; the client address when anonymous.
+    Identity,
+    /// A request header's value; the client address when absent.
+    Header(HeaderName),
+}
+
+impl LimitKey {
+    /// Parses `client`, `identity` or `header:NAME`.
+    pub fn parse(text: &str) -> Result<LimitKey, String> {
+        match text {
+            "client" => Ok(LimitKey::Client),
+            "identity" => Ok(LimitKey::Identity),
+            _ => match text.strip_prefix("header:") {
+                Some(name) => HeaderName::from_bytes(name.trim().as_bytes())
+                    .map(LimitKey::Header)
+                    .map_err(|_| format!("\"{name}\" is not a header name")),
+                None => Err(format!("\"{text}\" is not a rate-limit key")),
+            },
+        }
+    }
+
+    /// Whether the key needs the verified caller, so the check runs after authentication.
+    pub fn needs_identity(&self) -> bool {
+        matches!(self, LimitKey::Identity)
+    }
+}
+
+/// Who made a request, as far as the limits are concerned.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The client address.
+    pub client: IpAddr,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// The verified caller: an API key id, or a JWT issuer and subject.
+    pub identity: Option<(&'a [u8], &'a [u8])>,
+}
+
+/// One validated `[[rate_limit]]`.
+#[derive(Debug)]
+pub struct Policy {
+    /// Its name, in headers, errors and logs.
+    pub name: Box<str>,
+    /// What it counts by.
+    pub key: LimitKey,
+    /// Its rate.
+    pub rate: Rate,
+    limit_header: HeaderValue,
+    counter: WindowCounter,
+}
+
+impl Policy {
+    /// A policy with empty counters.
+    pub fn new(name: Box<str>, key: LimitKey, rate: Rate) -> Policy {
+        Policy { limit_header: HeaderValue::from(rate.count), counter: WindowCounter::new(), name, key, rate }
+    }
+}
+
+/// Where a request stands against the most restrictive policy of its route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// The policy.
+    pub policy: PolicyId,
+    /// Requests left in the window.
+    pub remaining: u64,
+    /// When the window ends, in seconds since the epoch.
+    pub reset: u64,
+}
+
+impl Quota {
+    /// The tighter of two: fewer requests left, then the later reset.
+    fn tighter(self, other: Quota) -> Quota {
+        if (other.remaining, std::cmp::Reverse(other.reset)) < (self.remaining, std::cmp::Reverse(self.reset)) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// The [`PolicyId`] of the failed-authentication limit in a [`Quota`].
+pub const AUTH_FAILURES: PolicyId = PolicyId::MAX;
+/// The name the failed-authentication limit goes by in headers and errors (reserved).
+pub const AUTH_FAILURES_NAME: &str = "auth_failures";
+
+/// All policies, and the failed-authentication limit.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    /// The policies, indexed by [`PolicyId`].
+    pub policies: Vec<Policy>,
+    /// The failed-authentication limit per client address; `None`: off.
+    pub auth_failures: Option<Policy>,
+    hasher: RandomState,
+}
+
+impl RateLimiter {
+    /// Policies and the failed-authentication limit, with empty counters.
+    pub fn new(policies: Vec<Policy>, auth_failure_limit: Option<Rate>) -> Self {
+        let auth_failures =
+            auth_failure_limit.map(|rate| Policy::new(AUTH_FAILURES_NAME.into(), LimitKey::Client, rate));
+        RateLimiter { policies, auth_failures, hasher: RandomState::new() }
+    }
+
+    /// The policy a [`Quota`] refers to.
+    fn policy(&self, id: PolicyId) -> Option<&Policy> {
+        if id == AUTH_FAILURES {
+            self.auth_failures.as_ref()
+        } else {
+            self.policies.get(id)
+        }
+    }
+
+    /// Counts a request against `policies`; 429 when any is exhausted, in which case none of
+    /// them counts it. `quota` becomes the tightest standing of all policies checked so far.
+    pub fn check(
+        &self,
+        policies: &[PolicyId],
+        caller: &Caller<'_>,
+        now: u64,
+        quota: &mut Option<Quota>,
+    ) -> Result<(), GatewayError> {
+        for (done, &id) in policies.iter().enumerate() {
+            let policy = &self.policies[id];
+            let key = self.key_hash(&policy.key, caller);
+            let window = now / policy.rate.period;
+            let reset = (window + 1) * policy.rate.period;
+            match policy.counter.try_acquire(key, window, policy.rate.count) {
+                Ok(count) => {
+                    let standing = Quota { policy: id, remaining: policy.rate.count.saturating_sub(count), reset };
+                    *quota = Some(quota.map_or(standing, |q| q.tighter(standing)));
+                }
+                Err(()) => {
+                    self.release(&policies[..done], caller, now);
+                    *quota = Some(Quota { policy: id, remaining: 0, reset });
+                    return Err(refusal(policy, reset - now));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes back a request [`Self::check`] counted against `policies` at `now`: a later policy
+    /// refused it. Nothing happens once the window has closed.
+    pub fn release(&self, policies: &[PolicyId], caller: &Caller<'_>, now: u64) {
+        for &id in policies {
+            let p = &self.policies[id];
+            p.counter.release(self.key_hash(&p.key, caller), now / p.rate.period);
+        }
+    }
+
+    /// 429 when `client` has failed authentication too often in the current window; `quota`
+    /// then shows the failed-authentication limit, exhausted.
+    ///
+    /// Checked before the credential is verified, and counted after it failed: a client can
+    /// pass the limit by as many guesses as it has in flight at once (verification does not
+    /// wait, so that is few), in exchange for no counting at all on the success path.
+    pub fn check_auth_failures(&self, client: IpAddr, now: u64, quota: &mut Option<Quota>) -> Result<(), GatewayError> {
+        let Some(policy) = &self.auth_failures else { return Ok(()) };
+        let window = now / policy.rate.period;
+        if policy.counter.get(self.client_hash(client), window) >= policy.rate.count {
+            let reset = (window + 1) * policy.rate.period;
+            *quota = Some(Quota { policy: AUTH_FAILURES, remaining: 0, reset });
+            return Err(refusal(policy, reset - now));
+        }
+        Ok(())
+    }
+
+    /// Counts a failed authentication by `client`.
+    pub fn record_auth_failure(&self, client: IpAddr, now: u64) {
+        if let Some(policy) = &self.auth_failures {
+            policy.counter.add(self.client_hash(client), now / policy.rate.period);
+        }
+    }
+
+    /// Sets the rate-limit headers on a response: for `quota`, `X-RateLimit-*` and the IETF
+    /// `RateLimit` field; and `policy_header`, the route's `RateLimit-Policy` rendered at load
+    /// (also when no standing is known, as on a preflight).
+    pub fn decorate(
+        &self,
+        resp: &mut ResponseHeader,
+        quota: Option<&Quota>,
+        policy_header: Option<&HeaderValue>,
+        now: u64,
+    ) -> pingora::Result<()> {
+        if let Some((quota, policy)) = quota.and_then(|q| Some((q, self.policy(q.policy)?))) {
+            resp.insert_header(X_RATELIMIT_LIMIT, policy.limit_header.clone())?;
+            resp.insert_header(X_RATELIMIT_REMAINING, quota.remaining)?;
+            resp.insert_header(X_RATELIMIT_RESET, quota.reset)?;
+            // `"name";r=N;t=N` written on the stack: the name was checked at load to need no
+            // escaping.
+            let mut field = [0u8; 160];
+            let mut cursor = std::io::Cursor::new(&mut field[..]);
+            let written =
+                write!(cursor, "\"{}\";r={};t={}", policy.name, quota.remaining, quota.reset.saturating_sub(now));
+            let len = cursor.position() as usize;
+            if written.is_ok() {
+                if let Ok(value) = HeaderValue::from_bytes(&field[..len]) {
+                    resp.insert_header(RATELIMIT, value)?;
+                }
+            }
+        }
+        if let Some(value) = policy_header {
+            resp.insert_header(RATELIMIT_POLICY, value.clone())?;
+        }
+        Ok(())
+    }
+
+    fn key_hash(&self, key: &LimitKey, caller: &Caller<'_>) -> u64 {
+        match key {
+            LimitKey::Client => self.client_hash(caller.client),
+            LimitKey::Identity => match caller.identity {
+                Some((a, b)) => self.hasher.hash_one((1u8, a, b)),
+                None => self.client_hash(caller.client),
+            },
+            LimitKey::Header(name) => match caller.headers.get(name) {
+                Some(value) => self.hasher.hash_one((2u8, value.as_bytes())),
+                None => self.client_hash(caller.client),
+            },
+        }
+    }
+
+    fn client_hash(&self, client: IpAddr) -> u64 {
+        let bits: u128 = match crate::pipeline::client::canonical(client) {
+            IpAddr::V4(v4) => u128::from(u32::from(v4)),
+            // One subscriber usually holds a whole /64: count the prefix, or a client could
+            // rotate through 2^64 addresses.
+            IpAddr::V6(v6) => u128::from(v6) >> 64 | 1 << 127,
+        };
+        self.hasher.hash_one((0u8, bits))
+    }
+}
+
+/// The 429 for `policy`, `retry_after` seconds before its next window.
+fn refusal(policy: &Policy, retry_after: u64) -> GatewayError {
+    GatewayError::RateLimited {
+        policy: policy.name.clone(),
+        limit: policy.rate.count,
+        window: policy.rate.period,
+        retry_after: retry_after.max(1),
+    }
+}
+
+/// The IETF `RateLimit-Policy` value for a route's policies, rendered once at load.
+pub fn policy_header(policies: &[Policy], ids: &[PolicyId]) -> Option<HeaderValue> {
+    if ids.is_empty() {
+        return None;
+    }
+    let items: Vec<String> = ids
+        .iter()
+        .map(|&id| {
+            let p = &policies[id];
+            format!("\"{}\";q={};w={}", p.name, p.rate.count, p.rate.period)
+        })
+        .collect();
+    HeaderValue::from_str(&items.join(", ")).ok()
+}
+
+/// `X-RateLimit-Limit`.
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `X-RateLimit-Remaining`.
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `X-RateLimit-Reset`.
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// The IETF `RateLimit` field (draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// The IETF `RateLimit-Policy` field.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// The counts of one window: exact for the first [`EXACT_KEYS`] keys, then a sketch.
+///
+/// A request whose clock read falls in a window that has already been replaced (a race of
+/// microseconds at the boundary) is let through uncounted: nothing older than the current window
+/// is kept to count it in.
+struct WindowCounter {
+    shards: Box<[Mutex<Shard>]>,
+    /// The sketch of the newest window that overflowed the exact table; made (zeroed) before it
+    /// is published, so no request ever counts into a sketch being cleared.
+    sketch: ArcSwapOption<Sketch>,
+    /// Held while a new window's sketch is made, so it is made once.
+    rotating: Mutex<()>,
+}
+
+/// Part of the exact table. Keys are already SipHash values: hash them no further.
+struct Shard {
+    window: u64,
+    counts: HashMap<u64, u32, BuildHasherDefault<PassThrough>>,
+}
+
+/// The count-min sketch of one window.
+struct Sketch {
+    window: u64,
+    counts: Estimator,
+    /// Requests counted in it: the noise every estimate may carry grows with it.
+    total: AtomicU64,
+}
+
+impl Sketch {
+    /// Whether collisions may by now add more than a quarter of `limit` to an estimate (the
+    /// mean count per slot): then its refusals would hit clients that made few requests, and
+    /// keys outside the exact table are let through uncounted for the rest of the window.
+    fn saturated(&self, limit: u64) -> bool {
+        self.total.load(Ordering::Relaxed).saturating_mul(4) > limit.saturating_mul(SKETCH_SLOTS as u64)
+    }
+}
+
+impl std::fmt::Debug for WindowCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowCounter").finish_non_exhaustive()
+    }
+}
+
+impl Default for WindowCounter {
+    fn default() -> Self {
+        WindowCounter::new()
+    }
+}
+
+/// Where [`WindowCounter::shard`] found a key's window.
+enum Slot<'a> {
+    /// The shard counts this window.
+    Current(std::sync::MutexGuard<'a, Shard>),
+    /// The window has been replaced by a newer one.
+    Gone,
+}
+
+impl WindowCounter {
+    fn new() -> Self {
+        WindowCounter {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard { window: 0, counts: HashMap::default() })).collect(),
+            sketch: ArcSwapOption::empty(),
+            rotating: Mutex::new(()),
+        }
+    }
+
+    /// The shard of `key`, moved on to `window` first if it holds an older one.
+    fn shard(&self, key: u64, window: u64) -> Slot<'_> {
+        // hashbrown takes a key's bucket from its low bits and its tag from its top 7: pick the
+        // shard from bits in between, so each shard's map still sees well-spread keys.
+        let mut shard = self.shards[(key >> 32) as usize % SHARDS].lock().unwrap_or_else(|e| e.into_inner());
+        if window > shard.window {
+            shard.window = window;
+            shard.counts.clear();
+        }
+        if window == shard.window {
+            Slot::Current(shard)
+        } else {
+            Slot::Gone
+        }
+    }
+
+    /// The sketch of `window`, made if this is the first overflow in it; `None` when the
+    /// window has been replaced.
+    fn sketch(&self, window: u64) -> Option<Arc<Sketch>> {
+        if let Some(current) = self.sketch.load_full() {
+            if current.window >= window {
+                return (current.window == window).then_some(current);
+            }
+        }
+        let _making = self.rotating.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = self.sketch.load_full() {
+            if current.window >= window {
+                return (current.window == window).then_some(current);
+            }
+        }
+        let made =
+            Arc::new(Sketch { window, counts: Estimator::new(SKETCH_HASHES, SKETCH_SLOTS), total: AtomicU64::new(0) });
+        self.sketch.store(Some(made.clone()));
+        Some(made)
+    }
+
+    /// Counts one request if fewer than `limit` were counted in `window`; the count after it.
+    fn try_acquire(&self, key: u64, window: u64, limit: u64) -> Result<u64, ()> {
+        let Slot::Current(mut shard) = self.shard(key, window) else { return Ok(1) };
+        let len = shard.counts.len();
+        match shard.counts.get_mut(&key) {
+            Some(count) if u64::from(*count) >= limit => return Err(()),
+            Some(count) => {
+                *count += 1;
+                return Ok(u64::from(*count));
+            }
+            None if len < EXACT_KEYS / SHARDS => {
+                shard.counts.insert(key, 1);
+                return Ok(1);
+            }
+            None => {}
+        }
+        drop(shard);
+        let Some(sketch) = self.sketch(window) else { return Ok(1) };
+        if sketch.saturated(limit) {
+            return Ok(1);
+        }
+        let count = sketch.counts.incr(key, 1);
+        sketch.total.fetch_add(1, Ordering::Relaxed);
+        if count as u64 > limit {
+            sketch.counts.decr(key, 1);
+            sketch.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(());
+        }
+        Ok(count as u64)
+    }
+
+    /// Takes back a request counted by [`Self::try_acquire`] in `window`. A key absent from
+    /// the exact table of its window was counted in that window's sketch: the table only grows
+    /// within a window.
+    fn release(&self, key: u64, window: u64) {
+        let Slot::Current(mut shard) = self.shard(key, window) else { return };
+        if let Some(count) = shard.counts.get_mut(&key) {
+            *count = count.saturating_sub(1);
+            return;
+        }
+        drop(shard);
+        if let Some(sketch) = self.sketch.load_full().filter(|s| s.window == window) {
+            if !sketch.saturated(u64::MAX) {
+                sketch.counts.decr(key, 1);
+                sketch.total.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The count of `key` in `window`.
+    fn get(&self, key: u64, window: u64) -> u64 {
+        let Slot::Current(shard) = self.shard(key, window) else { return 0 };
+        if let Some(&count) = shard.counts.get(&key) {
+            return u64::from(count);
+        }
+        drop(shard);
+        self.sketch.load_full().filter(|s| s.window == window).map_or(0, |s| s.counts.get(key).max(0) as u64)
+    }
+
+    /// Counts one event, without a limit.
+    fn add(&self, key: u64, window: u64) {
+        let _ = self.try_acquire(key, window, u64::MAX);
+    }
+}
+
+/// A hasher for keys that are already hashes.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the map's keys are u64); fold anything else in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(rates: &[(&str, &str)]) -> RateLimiter {
+        let policies = rates
+            .iter()
+            .map(|(key, rate)| Policy::new((*key).into(), LimitKey::parse(key).unwrap(), Rate::parse(rate).unwrap()))
+            .collect();
+        RateLimiter::new(policies, Some(Rate { count: 3, period: 60 }))
+    }
+
+    fn caller<'a>(ip: &str, headers: &'a HeaderMap, identity: Option<(&'a [u8], &'a [u8])>) -> Caller<'a> {
+        Caller { client: ip.parse().unwrap(), headers, identity }
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(Rate::parse("100/minute"), Ok(Rate { count: 100, period: 60 }));
+        assert_eq!(Rate::parse("10/hour"), Ok(Rate { count: 10, period: 3600 }));
+        assert_eq!(Rate::parse("5/second"), Ok(Rate { count: 5, period: 1 }));
+        assert_eq!(Rate::parse("1/day"), Ok(Rate { count: 1, period: 86_400 }));
+        for bad in ["", "100", "0/minute", "-1/minute", "10/fortnight", "ten/minute", "99999999999/second"] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_parse() {
+        assert_eq!(LimitKey::parse("client"), Ok(LimitKey::Client));
+        assert_eq!(LimitKey::parse("header:X-Tenant"), Ok(LimitKey::Header(HeaderName::from_static("x-tenant"))));
+        assert!(LimitKey::parse("header:bad name").is_err());
+        assert!(LimitKey::parse("ip").is_err());
+    }
+
+    #[test]
+    fn the_limit_plus_one_is_refused_until_the_window_ends() {
+        let l = limiter(&[("client", "3/minute")]);
+        let h = HeaderMap::new();
+        let c = caller("192.0.2.1", &h, None);
+        let now = 600; // the start of a minute
+        let mut quota = None;
+        for left in [2, 1, 0] {
+            l.check(&[0], &c, now + 10, &mut quota).unwrap();
+            assert_eq!(quota, Some(Quota { policy: 0, remaining: left, reset: 660 }));
+        }
+        let refused = l.check(&[0], &c, now + 10, &mut quota).unwrap_err();
+        assert_eq!(
+            refused,
+            GatewayError::RateLimited { policy: "client".into(), limit: 3, window: 60, retry_after: 50 }
+        );
+        // The next window lets it in again.
+        let mut quota = None;
+        l.check(&[0], &c, 660, &mut quota).unwrap();
+        assert_eq!(quota.unwrap().remaining, 2);
+    }
+
+    #[test]
+    fn keys_are_independent() {
+        let l = limiter(&[("client", "1/minute"), ("identity", "1/minute"), ("header:x-tenant", "1/minute")]);
+        let h = HeaderMap::new();
+        let mut q = None;
+        l.check(&[0], &caller("192.0.2.1", &h, None), 0, &mut q).unwrap();
+        l.check(&[0], &caller("192.0.2.2", &h, None), 0, &mut q).unwrap();
+        assert!(l.check(&[0], &caller("192.0.2.1", &h, None), 0, &mut q).is_err());
+        // IPv6 clients count by /64.
+        l.check(&[0], &caller("2001:db8::1", &h, None), 0, &mut q).unwrap();
+        assert!(l.check(&[0], &caller("2001:db8::ffff:1", &h, None), 0, &mut q).is_err());
+        l.check(&[0], &caller("2001:db8:0:1::1", &h, None), 0, &mut q).unwrap();
+        // Identities: per key id, whatever the address.
+        l.check(&[1], &caller("192.0.2.1", &h, Some((b"key", b"a"))), 0, &mut q).unwrap();
+        l.check(&[1], &caller("192.0.2.1", &h, Some((b"key", b"b"))), 0, &mut q).unwrap();
+        assert!(l.check(&[1], &caller("192.0.2.9", &h, Some((b"key", b"a"))), 0, &mut q).is_err());
+        // Headers; absent, the address.
+        let mut t1 = HeaderMap::new();
+        t1.insert("x-tenant", HeaderValue::from_static("t1"));
+        l.check(&[2], &caller("192.0.2.1", &t1, None), 0, &mut q).unwrap();
+        assert!(l.check(&[2], &caller("192.0.2.2", &t1, None), 0, &mut q).is_err());
+        l.check(&[2], &caller("192.0.2.2", &h, None), 0, &mut q).unwrap();
+    }
+
+    #[test]
+    fn a_refused_request_counts_against_no_policy() {
+        let l = limiter(&[("client", "5/minute"), ("identity", "1/minute")]);
+        let h = HeaderMap::new();
+        let c = caller("192.0.2.1", &h, Some((b"key", b"a")));
+        let mut q = None;
+        l.check(&[0, 1], &c, 0, &mut q).unwrap();
+        for _ in 0..3 {
+            assert!(l.check(&[0, 1], &c, 0, &mut q).is_err());
+        }
+        // Only the admitted request counted against the client policy.
+        let mut q = None;
+        l.check(&[0], &c, 0, &mut q).unwrap();
+        assert_eq!(q.unwrap().remaining, 3);
+    }
+
+    #[test]
+    fn the_tightest_policy_sets_the_quota() {
+        let l = limiter(&[("client", "100/minute"), ("identity", "10/hour")]);
+        let h = HeaderMap::new();
+        let c = caller("192.0.2.1", &h, None);
+        let mut q = None;
+        l.check(&[0, 1], &c, 7200, &mut q).unwrap();
+        assert_eq!(q, Some(Quota { policy: 1, remaining: 9, reset: 10_800 }));
+        assert_eq!(policy_header(&l.policies, &[0, 1]).unwrap(), "\"client\";q=100;w=60, \"identity\";q=10;w=3600");
+    }
+
+    #[test]
+    fn memory_is_bounded_and_no_key_escapes_its_limit() {
+        let l = limiter(&[("client", "50/minute")]);
+        let h = HeaderMap::new();
+        let mut q = None;
+        // Far more clients than the exact table holds: the rest go to the sketch.
+        let clients = EXACT_KEYS as u32 + 40_000;
+        for i in 0..clients {
+            let c = Caller { client: IpAddr::V4(i.into()), headers: &h, identity: None };
+            l.check(&[0], &c, 0, &mut q).unwrap();
+        }
+        let counter = &l.policies[0].counter;
+        let exact: usize = counter.shards.iter().map(|s| s.lock().unwrap().counts.len()).sum();
+        // Every shard filled up to its share, and not one entry more.
+        assert_eq!(exact, EXACT_KEYS);
+        let sketch = counter.sketch.load_full().expect("the overflow went to a sketch");
+        assert!(sketch.total.load(Ordering::Relaxed) > 30_000);
+        // Exactly counted clients get exactly their limit; sketched ones never more (a sketch
+        // over-counts under collisions, never under-counts).
+        for (i, exact) in [(0, true), (1, true), (clients - 1, false), (clients - 2, false)] {
+            let c = Caller { client: IpAddr::V4(i.into()), headers: &h, identity: None };
+            let admitted = (0..100).filter(|_| l.check(&[0], &c, 0, &mut q).is_ok()).count() + 1;
+            if exact {
+                assert_eq!(admitted, 50, "client {i}");
+            } else {
+                assert!((40..=50).contains(&admitted), "client {i}: {admitted}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_window_gets_a_fresh_sketch_and_late_refunds_do_nothing() {
+        let counter = WindowCounter::new();
+        // Fill the key's shard (shard 0) with other keys, so the key lives in the sketch.
+        let key = 7u64 << 40;
+        let fill = |window| {
+            for m in 0..(EXACT_KEYS / SHARDS) as u64 {
+                assert!(counter.try_acquire((m * SHARDS as u64) << 32 | 1, window, 5).is_ok());
+            }
+        };
+        fill(10);
+        assert_eq!(counter.try_acquire(key, 10, 2), Ok(1));
+        assert_eq!(counter.try_acquire(key, 10, 2), Ok(2));
+        assert_eq!(counter.try_acquire(key, 10, 2), Err(()));
+        assert_eq!(counter.get(key, 10), 2);
+        // The next windows start from nothing: the old counts are gone, not carried.
+        for window in [11, 12, 14] {
+            fill(window);
+            assert_eq!(counter.try_acquire(key, window, 2), Ok(1), "window {window}");
+            assert_eq!(counter.sketch.load_full().map(|s| s.window), Some(window));
+        }
+        // A refund for a closed window changes nothing in the current one.
+        counter.release(key, 12);
+        assert_eq!(counter.get(key, 14), 1);
+        // A request from a closed window passes uncounted; it never touches the new counts.
+        assert_eq!(counter.try_acquire(key, 13, 1), Ok(1));
+        assert_eq!(counter.get(key, 14), 1);
+        // A refund in the current window takes back exactly one.
+        counter.release(key, 14);
+        assert_eq!(counter.get(key, 14), 0);
+    }
+
+    #[test]
+    fn a_saturated_sketch_lets_keys_through_rather_than_refuse_them_wrongly() {
+        let counter = WindowCounter::new();
+        for k in 0..EXACT_KEYS as u64 {
+            let _ = counter.try_acquire(k << 32 | k, 1, 1_000_000);
+        }
+        // 4 x 16,384 slots; a limit of 8 saturates once the mean count per slot passes 2.
+        for k in 0..(3 * SKETCH_SLOTS as u64) {
+            let _ = counter.try_acquire(u64::MAX - k, 1, 8);
+        }
+        let key = 12_345u64 << 33;
+        for _ in 0..20 {
+            assert!(counter.try_acquire(key, 1, 8).is_ok());
+        }
+    }
+
+    #[test]
+    fn failed_authentications_block_after_the_limit() {
+        let l = limiter(&[]);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut q = None;
+        for _ in 0..3 {
+            l.check_auth_failures(ip, 30, &mut q).unwrap();
+            l.record_auth_failure(ip, 30);
+        }
+        assert_eq!(q, None, "nothing to show until the limit bites");
+        assert!(matches!(
+            l.check_auth_failures(ip, 31, &mut q),
+            Err(GatewayError::RateLimited { retry_after: 29, .. })
+        ));
+        assert_eq!(q, Some(Quota { policy: AUTH_FAILURES, remaining: 0, reset: 60 }));
+        l.check_auth_failures("192.0.2.2".parse().unwrap(), 31, &mut None).unwrap();
+        l.check_auth_failures(ip, 60, &mut None).unwrap();
+    }
+
+    #[test]
+    fn headers_render_for_any_policy() {
+        let l = limiter(&[("client", "10/minute")]);
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        let quota = Quota { policy: AUTH_FAILURES, remaining: 0, reset: 120 };
+        l.decorate(&mut resp, Some(&quota), None, 100).unwrap();
+        assert_eq!(resp.headers["x-ratelimit-limit"], "3");
+        assert_eq!(resp.headers["x-ratelimit-remaining"], "0");
+        assert_eq!(resp.headers["x-ratelimit-reset"], "120");
+        assert_eq!(resp.headers["ratelimit"], "\"auth_failures\";r=0;t=20");
+        let mut bare = ResponseHeader::build(200, None).unwrap();
+        let policy = policy_header(&l.policies, &[0]);
+        l.decorate(&mut bare, None, policy.as_ref(), 100).unwrap();
+        assert_eq!(bare.headers["ratelimit-policy"], "\"client\";q=10;w=60");
+        assert!(bare.headers.get("x-ratelimit-remaining").is_none());
+    }
+}
