@@ -6,12 +6,12 @@
 //! | Pingora phase             | stages                                                        |
 //! |---------------------------|---------------------------------------------------------------|
 //! | `new_ctx`                 | read the runtime config once                                  |
-//! | `request_filter`          | request id → host (400/421) → path (400) → route (404/405) → body length (413) → client address → credentials (401) → permissions (403); `builtin:echo` answers here |
+//! | `request_filter`          | request id → client address → host (400/421) → path (400) → route (404/405) → CORS preflight (204/403) → body length (413) → failed-auth and address limits (429) → credentials (401) → identity limits (429) → permissions (403); `builtin:echo` answers here |
 //! | `request_body_filter`     | streamed body limit (413)                                     |
 //! | `upstream_peer`           | round-robin target                                            |
 //! | `fail_to_connect`         | next target on connect failure                                |
 //! | `upstream_request_filter` | header hygiene, forwarding and identity headers, canonical path |
-//! | `response_filter`         | request id on the response                                    |
+//! | `response_filter`         | request id, CORS and rate-limit headers on the response       |
 //! | `fail_to_proxy`           | 502 / 504 / 413 as JSON                                       |
 
 use std::borrow::Cow;
@@ -84,32 +84,34 @@ impl Gateway {
             rt.routes.check_unambiguous(host_name, &canonical, id)?;
             Ok(id)
         };
-        // A preflight is routed by the method it asks about. When no route serves that method
-        // here, the OPTIONS route decides: one with `cors = false` takes the request as its own.
-        let route_id = match &preflight {
+        // A preflight is governed by the route of the method it asks about, or, when no route
+        // serves that method here, by the OPTIONS route. If that route has CORS on, the gateway
+        // answers; if not, the OPTIONS is an ordinary request, credentials and all: an upstream
+        // that answers its own preflights on a protected path needs an OPTIONS route with
+        // auth = "none" and cors = false, said in its config.
+        let governing = match &preflight {
             Some(Some(asked)) => match route_for(asked) {
-                Err(GatewayError::MethodNotAllowed { .. }) => route_for(&req.method)
-                    .ok()
-                    .filter(|&id| !rt.routes.get(id).cors)
-                    .ok_or(GatewayError::CorsRejected(CorsRejection::Method))?,
-                other => other?,
+                Err(GatewayError::MethodNotAllowed { .. }) => route_for(&req.method).ok(),
+                other => Some(other?),
             },
-            Some(None) => route_for(&req.method)
-                .ok()
-                .filter(|&id| !rt.routes.get(id).cors)
-                .ok_or(GatewayError::CorsRejected(CorsRejection::Method))?,
-            None => route_for(&req.method)?,
+            Some(None) => route_for(&req.method).ok(),
+            None => None,
         };
+        if let (Some(cors), Some(asked)) = (&rt.cors, &preflight) {
+            match governing {
+                Some(id) if !rt.routes.get(id).cors => {}
+                Some(id) => {
+                    ctx.route = Some(id);
+                    let asked = asked.as_ref().ok_or(GatewayError::CorsRejected(CorsRejection::Method))?;
+                    return Ok(Admission::Preflight(Box::new(cors.answer_preflight(req, asked)?)));
+                }
+                None => return Err(GatewayError::CorsRejected(CorsRejection::Method)),
+            }
+        }
+        let route_id = route_for(&req.method)?;
         ctx.route = Some(route_id);
         let route = rt.routes.get(route_id);
-        if let (true, Some(cors), Some(asked)) = (route.cors, &rt.cors, &preflight) {
-            let asked = asked.as_ref().ok_or(GatewayError::CorsRejected(CorsRejection::Method))?;
-            return Ok(Admission::Preflight(Box::new(cors.answer_preflight(req, asked)?)));
-        }
-        // On a `cors = false` route CORS is the upstream's business: a preflight is forwarded,
-        // without credentials, since browsers never send them with one.
-        let upstream_preflight = preflight.is_some();
-        if upstream_preflight || !route.cors {
+        if !route.cors {
             ctx.cors = CorsState::Off;
         }
         if let Cow::Owned(p) = canonical {
@@ -121,39 +123,32 @@ impl Gateway {
         // Address-keyed limits, and the failed-authentication limit, cut floods before any
         // signature is checked.
         ctx.now = unix_now();
-        let reads_credentials = route.auth != AuthMode::None && !upstream_preflight;
-        let guessing = reads_credentials && rt.auth.presents_credential(&req.headers);
+        let guessing = route.auth != AuthMode::None && rt.auth.presents_credential(&req.headers);
         if guessing {
             rt.limits.check_auth_failures(ctx.client_ip, ctx.now, &mut ctx.quota)?;
         }
         let mut caller = Caller { client: ctx.client_ip, headers: &req.headers, identity: None };
         rt.limits.check(&route.limits_before_auth, &caller, ctx.now, &mut ctx.quota)?;
-        if !reads_credentials {
-            return Ok(Admission::Forward);
-        }
         let authenticated = rt.auth.authenticate(route.auth, &req.headers).await;
         // Verification may have waited for a JWKS refresh: windows and headers use the time now.
-        let now = unix_now();
+        ctx.now = unix_now();
         ctx.principal = match authenticated {
             Ok(principal) => principal,
             Err(refusal) => {
                 if let GatewayError::AuthenticationFailed(failure) = &refusal {
                     if guessing && failure.is_guess() {
-                        rt.limits.record_auth_failure(ctx.client_ip, now);
+                        rt.limits.record_auth_failure(ctx.client_ip, ctx.now);
                     }
                 }
                 return Err(refusal);
             }
         };
+        // The address-keyed policies keep this request even if these refuse it: they count
+        // every request that reaches them, as they do one that fails authentication.
         if !route.limits_after_auth.is_empty() {
             caller.identity = ctx.principal.as_ref().map(|p| rt.auth.limit_identity(p));
-            if let Err(refusal) = rt.limits.check(&route.limits_after_auth, &caller, now, &mut ctx.quota) {
-                rt.limits.release(&route.limits_before_auth, &caller, ctx.now);
-                ctx.now = now;
-                return Err(refusal);
-            }
+            rt.limits.check(&route.limits_after_auth, &caller, ctx.now, &mut ctx.quota)?;
         }
-        ctx.now = now;
         rt.auth.authorize(ctx.principal.as_ref(), &route.permissions)?;
         Ok(Admission::Forward)
     }
@@ -170,7 +165,8 @@ impl Gateway {
         }
         let policy_header = ctx.route.and_then(|id| rt.routes.get(id).ratelimit_policy.as_ref());
         if ctx.quota.is_some() || policy_header.is_some() {
-            rt.limits.decorate(resp, ctx.quota.as_ref(), policy_header, ctx.now)?;
+            // `t=` counts from now: a slow upstream's response says how long is left after it.
+            rt.limits.decorate(resp, ctx.quota.as_ref(), policy_header, unix_now())?;
         }
         Ok(())
     }

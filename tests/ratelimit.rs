@@ -192,6 +192,12 @@ path = "/caller"
 upstream = "api"
 auth = "optional"
 rate_limits = ["caller"]
+
+[[route]]
+path = "/open"
+upstream = "api"
+auth = "none"
+rate_limits = ["caller"]
 "#,
     )
     .await;
@@ -216,6 +222,10 @@ rate_limits = ["caller"]
     assert_eq!(send(gw.addr, "GET", "/caller", &[]).await.status, 200);
     assert_eq!(send(gw.addr, "GET", "/caller", &[]).await.status, 200);
     assert_error(&send(gw.addr, "GET", "/caller", &[]).await, 429, "RATE_LIMITED");
+    // Where nobody is identified (auth = "none"), an identity policy counts by address, and
+    // keys are not even read. (A separate budget from /caller's: one policy, but this test's
+    // address already spent its anonymous two there.)
+    assert_error(&send(gw.addr, "GET", "/open", &[("X-API-Key", KEY_A)]).await, 429, "RATE_LIMITED");
     assert_eq!(upstream.hits(), 4 + 5);
 }
 
@@ -334,15 +344,18 @@ rate_limits = ["per-caller", "per-client"]
     assert_error(&second, 429, "RATE_LIMITED");
     assert_eq!(second.json()["error"]["details"]["policy"], "per-caller");
     assert_eq!(header_u64(&second, "x-ratelimit-limit"), 1);
-    // ... and the refused request did not use the address budget: two are left for key b.
+    // The address policy counted it all the same (it counts every request that reaches it, as
+    // it did the 401): one is left, for key b.
     let b = send(gw.addr, "GET", "/api", &[("X-API-Key", KEY_B)]).await;
     assert_eq!(b.status, 200);
+    assert_eq!(header_u64(&b, "x-ratelimit-remaining"), 0);
     assert_eq!(b.header("ratelimit-policy"), Some("\"per-client\";q=4;w=3600, \"per-caller\";q=1;w=3600"));
-    assert_eq!(send(gw.addr, "GET", "/api", &[]).await.status, 401);
     // The address budget is spent: cut before any credential is read.
-    let cut = send(gw.addr, "GET", "/api", &[("X-API-Key", "pk_test_wrong")]).await;
-    assert_error(&cut, 429, "RATE_LIMITED");
-    assert_eq!(cut.json()["error"]["details"]["policy"], "per-client");
+    for headers in [&[][..], &[("X-API-Key", "pk_test_wrong")][..], &[("X-API-Key", KEY_B)][..]] {
+        let cut = send(gw.addr, "GET", "/api", headers).await;
+        assert_error(&cut, 429, "RATE_LIMITED");
+        assert_eq!(cut.json()["error"]["details"]["policy"], "per-client");
+    }
     assert_eq!(upstream.hits(), 2);
 }
 

@@ -151,16 +151,21 @@ fn header_names(list: &[String], key: &str, p: &mut Problems<'_>) -> Vec<HeaderN
 
 /// Headers a client writes freely and that name a client otherwise: counting by them would let
 /// a client pick a fresh budget per request.
+/// (Also every `X-Forwarded-*` and `X-Auth-*` name, the API-key headers and the request id
+/// header.)
 const FORGEABLE_KEY_HEADERS: [&str; 8] = [
-    "x-forwarded-for",
     "forwarded",
     "x-real-ip",
     "true-client-ip",
     "x-client-ip",
+    "x-cluster-client-ip",
     "authorization",
     "proxy-authorization",
     "cookie",
 ];
+
+/// The longest policy name: it travels in every `RateLimit` header.
+const MAX_POLICY_NAME_LEN: usize = 64;
 
 /// The validated `[[rate_limit]]` policies.
 pub(super) struct Policies {
@@ -172,11 +177,12 @@ pub(super) struct Policies {
     pub refused: HashSet<String>,
 }
 
-/// Validates the `[[rate_limit]]` policies. The `api_key_headers` may not be keys either:
-/// before authentication their values are whatever the client sends.
+/// Validates the `[[rate_limit]]` policies. `reserved_headers` (the API-key and request id
+/// headers) may not be keys either: before authentication their values are whatever the client
+/// sends.
 pub(super) fn build_policies(
     sections: &[RateLimitSection],
-    api_key_headers: &[HeaderName],
+    reserved_headers: &[HeaderName],
     p: &mut Problems<'_>,
 ) -> Policies {
     let mut out = Policies { policies: Vec::new(), index: HashMap::new(), refused: HashSet::new() };
@@ -186,11 +192,11 @@ pub(super) fn build_policies(
             p.push(&key("name"), "is missing", "give every [[rate_limit]] a name that routes refer to");
             continue;
         };
-        if !crate::pipeline::auth::is_permission_name(name) || name.contains('\\') {
+        if !crate::pipeline::auth::is_permission_name(name) || name.contains('\\') || name.len() > MAX_POLICY_NAME_LEN {
             p.push(
                 &key("name"),
                 format!("\"{name}\" is not a policy name"),
-                "use letters, digits and _ . : - such as \"per-client\"",
+                "use up to 64 letters, digits and _ . : - such as \"per-client\"",
             );
             continue;
         }
@@ -208,7 +214,10 @@ pub(super) fn build_policies(
         }
         let limit_key = match section.key.as_deref().map(LimitKey::parse) {
             Some(Ok(LimitKey::Header(h)))
-                if FORGEABLE_KEY_HEADERS.contains(&h.as_str()) || api_key_headers.contains(&h) =>
+                if FORGEABLE_KEY_HEADERS.contains(&h.as_str())
+                    || h.as_str().starts_with("x-forwarded-")
+                    || h.as_str().starts_with(crate::pipeline::forward::IDENTITY_HEADER_PREFIX)
+                    || reserved_headers.contains(&h) =>
             {
                 p.push(
                     &key("key"),

@@ -24,7 +24,7 @@ use crate::pipeline::client::TrustedProxies;
 use crate::pipeline::cors::CorsPolicy;
 use crate::pipeline::host::{HostAllowList, HostPattern};
 use crate::pipeline::path;
-use crate::pipeline::ratelimit::{policy_header, Policy, PolicyId, RateLimiter};
+use crate::pipeline::ratelimit::{policy_header, Policy, PolicyId, RateLimiter, MAX_POLICIES_PER_ROUTE};
 use crate::pipeline::route::{AuthMode, Route, RouteTable};
 use crate::pipeline::upstream::{Targets, Upstream};
 
@@ -224,7 +224,9 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
         defaults.push(request_id_header.clone());
         build_cors(section, &defaults, &request_id_header, &mut p)
     });
-    let policies = build_policies(&file.rate_limit, &auth.api_key_headers, &mut p);
+    let mut reserved_key_headers = auth.api_key_headers.clone();
+    reserved_key_headers.push(request_id_header.clone());
+    let policies = build_policies(&file.rate_limit, &reserved_key_headers, &mut p);
     let edge = EdgeRefs {
         policies: &policies.policies,
         policy_index: &policies.index,
@@ -443,19 +445,31 @@ struct EdgeRefs<'a> {
 }
 
 /// A route's `rate_limits`, split into the policies checked before and after authentication.
+/// On a route with `auth = "none"` nobody is ever identified: its identity-keyed policies count
+/// by address, and run with the others, before the (absent) authentication.
 fn route_limits(
     names: Option<&[String]>,
     key: &str,
+    auth: AuthMode,
     edge: &EdgeRefs<'_>,
     p: &mut Problems<'_>,
 ) -> (Vec<PolicyId>, Vec<PolicyId>) {
     let (mut before, mut after) = (Vec::new(), Vec::new());
-    for (j, name) in names.unwrap_or(&[]).iter().enumerate() {
+    let names = names.unwrap_or(&[]);
+    if names.len() > MAX_POLICIES_PER_ROUTE {
+        p.push(
+            key,
+            format!("names {} policies; a route may have at most {MAX_POLICIES_PER_ROUTE}", names.len()),
+            "keep the ones that bind: the tightest policy of each key is enough",
+        );
+        return (before, after);
+    }
+    for (j, name) in names.iter().enumerate() {
         match edge.policy_index.get(name) {
             Some(&id) if before.contains(&id) || after.contains(&id) => {
                 p.push(&format!("{key}[{j}]"), format!("\"{name}\" is listed twice"), "list it once")
             }
-            Some(&id) if edge.policies[id].key.needs_identity() => after.push(id),
+            Some(&id) if edge.policies[id].key.needs_identity() && auth != AuthMode::None => after.push(id),
             Some(&id) => before.push(id),
             None if edge.refused_policies.contains(name) => {}
             None => {
@@ -579,7 +593,7 @@ fn build_routes(
             );
         }
         let (limits_before_auth, limits_after_auth) =
-            route_limits(r.rate_limits.as_deref(), &key("rate_limits"), edge, p);
+            route_limits(r.rate_limits.as_deref(), &key("rate_limits"), auth, edge, p);
         let cors = match r.cors {
             Some(true) if !edge.cors => {
                 p.push(

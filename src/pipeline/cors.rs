@@ -68,8 +68,9 @@ impl OriginPattern {
         }
         let Some(origin) = Origin::parse(text) else {
             let lower = text.to_ascii_lowercase();
-            if lower != text && Origin::parse(&lower).is_some() {
-                return Err(format!("\"{text}\" is not lower case, as browsers send it: write \"{lower}\""));
+            if let Some(origin) = Origin::parse(&lower).filter(|_| lower != text) {
+                let fixed = if origin.is_default_port() { &lower[..lower.len() - origin.port.len()] } else { &lower };
+                return Err(format!("\"{text}\" is not lower case, as browsers send it: write \"{fixed}\""));
             }
             if let Some(trimmed) = text.strip_suffix('/').filter(|t| Origin::parse(t).is_some()) {
                 return Err(format!("\"{text}\" has a path; an origin is written without one, as \"{trimmed}\""));
