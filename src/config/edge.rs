@@ -212,8 +212,9 @@ pub(super) fn build_policies(
             p.push(&key("name"), format!("\"{name}\" names two policies"), "give each [[rate_limit]] its own name");
             continue;
         }
-        let limit_key = match section.key.as_deref().map(LimitKey::parse) {
-            Some(Ok(LimitKey::Header(h)))
+        let limit_key = required(section.key.as_deref(), &key("key"), KEY_FIX, LimitKey::parse, p);
+        let limit_key = match limit_key {
+            Some(LimitKey::Header(h))
                 if FORGEABLE_KEY_HEADERS.contains(&h.as_str())
                     || h.as_str().starts_with("x-forwarded-")
                     || h.as_str().starts_with(crate::pipeline::forward::IDENTITY_HEADER_PREFIX)
@@ -226,27 +227,9 @@ pub(super) fn build_policies(
                 );
                 None
             }
-            Some(Ok(k)) => Some(k),
-            Some(Err(e)) => {
-                p.push(&key("key"), e, "use \"client\", \"identity\" or \"header:NAME\"");
-                None
-            }
-            None => {
-                p.push(&key("key"), "is missing", "use \"client\", \"identity\" or \"header:NAME\"");
-                None
-            }
+            other => other,
         };
-        let rate = match section.limit.as_deref().map(Rate::parse) {
-            Some(Ok(r)) => Some(r),
-            Some(Err(e)) => {
-                p.push(&key("limit"), e, "write N/second, N/minute, N/hour or N/day, e.g. \"100/minute\"");
-                None
-            }
-            None => {
-                p.push(&key("limit"), "is missing", "write N/second, N/minute, N/hour or N/day, e.g. \"100/minute\"");
-                None
-            }
-        };
+        let rate = required(section.limit.as_deref(), &key("limit"), LIMIT_FIX, Rate::parse, p);
         match (limit_key, rate) {
             (Some(limit_key), Some(rate)) => {
                 out.index.insert(name.to_string(), out.policies.len());
@@ -258,6 +241,30 @@ pub(super) fn build_policies(
         }
     }
     out
+}
+
+const KEY_FIX: &str = "use \"client\", \"identity\" or \"header:NAME\"";
+const LIMIT_FIX: &str = "write N/second, N/minute, N/hour or N/day, e.g. \"100/minute\"";
+
+/// A required value, parsed; a missing or bad one is reported with `fix`.
+fn required<T>(
+    value: Option<&str>,
+    key: &str,
+    fix: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+    p: &mut Problems<'_>,
+) -> Option<T> {
+    match value.map(parse) {
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            p.push(key, e, fix);
+            None
+        }
+        None => {
+            p.push(key, "is missing", fix);
+            None
+        }
+    }
 }
 
 /// `server.auth_failure_limit`: a rate, or `"off"`.
