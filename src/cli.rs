@@ -117,7 +117,28 @@ pub fn summary(config: &Config) -> String {
     let _ = writeln!(out, "configuration OK: {}", files.join(", "));
     let _ = writeln!(out, "listeners:");
     for l in &config.process.listeners {
-        let _ = writeln!(out, "  http://{}{}", l.address, if l.h2c { " (h2c)" } else { "" });
+        match &l.tls {
+            Some(tls) => {
+                let names: Vec<String> = tls.names().iter().map(|n| n.join(" ")).collect();
+                let _ = writeln!(
+                    out,
+                    "  https://{} (TLS {}+{}{}; certificates: {})",
+                    l.address,
+                    if tls.min_version == crate::tls::MinVersion::Tls13 { "1.3" } else { "1.2" },
+                    if tls.http2 { ", h2" } else { "" },
+                    if tls.client_ca.is_some() { ", client certificates" } else { "" },
+                    names.join("; ")
+                );
+            }
+            None => {
+                let note = match (l.h2c, l.redirect_https) {
+                    (_, true) => " (redirects to https)",
+                    (true, _) => " (h2c)",
+                    _ => "",
+                };
+                let _ = writeln!(out, "  http://{}{note}", l.address);
+            }
+        }
     }
     let rt = &config.runtime;
     let _ = writeln!(out, "upstreams:");

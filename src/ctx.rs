@@ -45,6 +45,8 @@ pub struct RequestCtx {
     pub quota: Option<Quota>,
     /// When the request arrived, in seconds since the epoch (rate-limit windows).
     pub now: u64,
+    /// `Strict-Transport-Security` for the response (a TLS listener with `hsts`).
+    pub hsts: Option<HeaderValue>,
 }
 
 /// What CORS does to a request's response.
@@ -77,6 +79,7 @@ impl RequestCtx {
             cors: CorsState::Off,
             quota: None,
             now: 0,
+            hsts: None,
         }
     }
 }

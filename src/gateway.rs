@@ -15,18 +15,19 @@
 //! | `fail_to_proxy`           | 502 / 504 / 413 as JSON                                       |
 
 use std::borrow::Cow;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use http::Method;
+use http::{HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
+use crate::config::runtime::Listener;
 use crate::config::Runtime;
 use crate::ctx::{CorsState, RequestCtx};
 use crate::error::{CorsRejection, GatewayError};
@@ -35,6 +36,7 @@ use crate::pipeline::ratelimit::Caller;
 use crate::pipeline::route::{AuthMode, RouteId};
 use crate::pipeline::upstream::Targets;
 use crate::pipeline::{body, echo, forward, path, request_id};
+use crate::tls::ClientCertificate;
 
 /// What the request-header stages decided, when they did not refuse.
 enum Admission {
@@ -42,6 +44,8 @@ enum Admission {
     Forward,
     /// A CORS preflight, answered with this response.
     Preflight(Box<ResponseHeader>),
+    /// A plain request on a `redirect_https` listener: 308 to this URL.
+    Redirect(HeaderValue),
 }
 
 /// The shared, swappable runtime configuration: each request reads it once.
@@ -50,17 +54,58 @@ pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 /// The gateway.
 pub struct Gateway {
     runtime: SharedRuntime,
+    listeners: Arc<Listeners>,
+}
+
+/// What a request's listener asks of its responses: fixed at start, like the listeners.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    entries: Vec<ListenerEdge>,
+    /// The port of the first TLS listener: where `redirect_https` sends clients.
+    https_port: Option<u16>,
+}
+
+#[derive(Debug)]
+struct ListenerEdge {
+    address: SocketAddr,
+    redirect_https: bool,
+    hsts: Option<HeaderValue>,
+}
+
+impl Listeners {
+    /// From the validated listeners.
+    pub fn new(listeners: &[Listener]) -> Self {
+        Listeners {
+            entries: listeners
+                .iter()
+                .map(|l| ListenerEdge {
+                    address: l.address,
+                    redirect_https: l.redirect_https,
+                    hsts: l.tls.as_ref().and_then(|t| t.hsts.clone()),
+                })
+                .collect(),
+            https_port: listeners.iter().find(|l| l.tls.is_some()).map(|l| l.address.port()),
+        }
+    }
+
+    /// The listener a connection arrived on, by its local address.
+    fn of(&self, local: Option<SocketAddr>) -> Option<&ListenerEdge> {
+        let local = local?;
+        self.entries.iter().find(|e| {
+            e.address.port() == local.port() && (e.address.ip().is_unspecified() || e.address.ip() == local.ip())
+        })
+    }
 }
 
 impl Gateway {
-    /// A gateway serving whatever `runtime` points at.
-    pub fn new(runtime: SharedRuntime) -> Self {
-        Gateway { runtime }
+    /// A gateway serving whatever `runtime` points at, on `listeners`.
+    pub fn new(runtime: SharedRuntime, listeners: Arc<Listeners>) -> Self {
+        Gateway { runtime, listeners }
     }
 
     /// The request-header stages: forward, answer a preflight, or `Err`, the refusal to
     /// answer with.
-    async fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<Admission, GatewayError> {
+    async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<Admission, GatewayError> {
         let rt = &*ctx.runtime;
         let req = session.req_header();
         ctx.request_id = request_id::request_id(&req.headers, &rt.request_id_header);
@@ -76,6 +121,17 @@ impl Gateway {
 
         let host = rt.hosts.check(req)?;
         ctx.host = host.authority;
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
+        if let Some(edge) = self.listeners.of(local) {
+            if edge.redirect_https && tls.is_none() {
+                return Ok(Admission::Redirect(self.https_location(host.name.as_str(), req)?));
+            }
+            if tls.is_some() {
+                ctx.hsts = edge.hsts.clone();
+            }
+        }
+        let certificate = tls.and_then(|t| t.extension.get::<Arc<ClientCertificate>>()).cloned();
 
         let canonical = path::normalize(req.uri.path())?;
         let host_name = host.name.as_str();
@@ -129,7 +185,7 @@ impl Gateway {
         }
         let mut caller = Caller { client: ctx.client_ip, headers: &req.headers, identity: None };
         rt.limits.check(&route.limits_before_auth, &caller, ctx.now, &mut ctx.quota)?;
-        let authenticated = rt.auth.authenticate(route.auth, &req.headers).await;
+        let authenticated = rt.auth.authenticate(route.auth, &req.headers, certificate.as_ref()).await;
         // Verification may have waited for a JWKS refresh: windows and headers use the time now.
         ctx.now = unix_now();
         ctx.principal = match authenticated {
@@ -158,6 +214,9 @@ impl Gateway {
     fn decorate(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
         let rt = &*ctx.runtime;
         resp.insert_header(rt.request_id_header.clone(), ctx.request_id.clone())?;
+        if let Some(hsts) = &ctx.hsts {
+            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+        }
         match (&ctx.cors, &rt.cors) {
             (CorsState::Actual(origin), Some(cors)) => cors.decorate(resp, origin.as_ref())?,
             (CorsState::Preflight, _) => cors::add_vary(resp, cors::preflight_vary())?,
@@ -169,6 +228,28 @@ impl Gateway {
             rt.limits.decorate(resp, ctx.quota.as_ref(), policy_header, unix_now())?;
         }
         Ok(())
+    }
+
+    /// `https://host[:port]/path?query` for a request on a `redirect_https` listener.
+    fn https_location(&self, host: &str, req: &RequestHeader) -> Result<HeaderValue, GatewayError> {
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let location = match self.listeners.https_port {
+            None | Some(443) => format!("https://{host}{target}"),
+            Some(port) => format!("https://{host}:{port}{target}"),
+        };
+        HeaderValue::from_str(&location).map_err(|_| GatewayError::BadRequest("malformed request target"))
+    }
+
+    /// 308 to the https URL: the method and body are to be sent again there, not dropped.
+    async fn redirect(session: &mut Session, ctx: &RequestCtx, location: HeaderValue) -> Result<()> {
+        let mut resp = ResponseHeader::build(http::StatusCode::PERMANENT_REDIRECT, Some(4))?;
+        resp.insert_header(http::header::LOCATION, location)?;
+        resp.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"))?;
+        resp.insert_header(ctx.runtime.request_id_header.clone(), ctx.request_id.clone())?;
+        if !session.as_downstream_mut().is_body_done() {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(resp), true).await
     }
 
     /// Answers a preflight that `[cors]` allows: 204, no body.
@@ -271,8 +352,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match Self::admit(session, ctx).await {
+        match self.admit(session, ctx).await {
             Ok(Admission::Forward) => {}
+            Ok(Admission::Redirect(location)) => {
+                Self::redirect(session, ctx, location).await?;
+                return Ok(true);
+            }
             Ok(Admission::Preflight(resp)) => {
                 Self::answer_preflight(session, ctx, resp).await?;
                 return Ok(true);

@@ -10,6 +10,7 @@ pub mod ctx;
 pub mod error;
 pub mod gateway;
 pub mod pipeline;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -42,16 +43,22 @@ pub fn build_server(config: &Config) -> (Server, SharedRuntime) {
     server.bootstrap();
 
     let runtime: SharedRuntime = Arc::new(ArcSwap::new(config.runtime.clone()));
-    // Listeners that share server options share one service (and so one thread pool).
+    let edges = Arc::new(gateway::Listeners::new(&process.listeners));
+    // Plain listeners that share server options share one service (and so one thread pool);
+    // each TLS listener has its own certificates and settings.
     for h2c in [false, true] {
-        let addresses: Vec<String> =
-            process.listeners.iter().filter(|l| l.h2c == h2c).map(|l| l.address.to_string()).collect();
+        let addresses: Vec<String> = process
+            .listeners
+            .iter()
+            .filter(|l| l.h2c == h2c && l.tls.is_none())
+            .map(|l| l.address.to_string())
+            .collect();
         if addresses.is_empty() {
             continue;
         }
         let mut options = HttpServerOptions::default();
         options.h2c = h2c;
-        let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(runtime.clone()))
+        let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(runtime.clone(), edges.clone()))
             .name(if h2c { "portcullis (h2c)" } else { "portcullis" })
             .server_options(options)
             .build();
@@ -59,6 +66,27 @@ pub fn build_server(config: &Config) -> (Server, SharedRuntime) {
             service.add_tcp(address);
         }
         server.add_service(service);
+    }
+    let mut watched = Vec::new();
+    for listener in &process.listeners {
+        let Some(tls) = &listener.tls else { continue };
+        let settings = match tls.settings() {
+            Ok(settings) => settings,
+            Err(error) => {
+                tracing::error!(address = %listener.address, %error, "TLS listener not started");
+                continue;
+            }
+        };
+        let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(runtime.clone(), edges.clone()))
+            .name("portcullis (tls)")
+            .build();
+        service.add_tls_with_settings(&listener.address.to_string(), None, settings);
+        server.add_service(service);
+        watched.push(tls.clone());
+    }
+    if !watched.is_empty() {
+        let watcher = tls::CertificateWatcher::new(watched);
+        server.add_service(pingora::services::background::background_service("certificate reload", watcher));
     }
     // Remote JWKS are fetched by one background task each, never on the request path.
     // Config reload (issue 7) will have to start the task of a jwks_url it adds.
@@ -74,7 +102,7 @@ pub fn build_server(config: &Config) -> (Server, SharedRuntime) {
 pub fn run(config: Config) -> ! {
     let (server, _runtime) = build_server(&config);
     for listener in &config.process.listeners {
-        tracing::info!(address = %listener.address, h2c = listener.h2c, "listening");
+        tracing::info!(address = %listener.address, h2c = listener.h2c, tls = listener.tls.is_some(), "listening");
     }
     server.run_forever()
 }

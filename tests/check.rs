@@ -231,8 +231,13 @@ fn each_bad_config_is_refused_naming_its_key() {
                 "address = \"127.0.0.1:8080\"",
                 "address = \"127.0.0.1:8080\"\n[listener.tls]\nmin_version = \"1.2\"",
             ),
-            "listener[0].tls",
-            "not supported yet",
+            "listener[0].tls.certificate",
+            "no [[listener.tls.certificate]]",
+        ),
+        (
+            BASE.replace("address = \"127.0.0.1:8080\"", "address = \"127.0.0.1:8080\"\nredirect_https = true"),
+            "listener[0].redirect_https",
+            "no [[listener]] has a [listener.tls]",
         ),
         (
             BASE.replace("[server]\n", "[server]\nenvironment = \"staging\"\n"),

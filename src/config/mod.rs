@@ -10,6 +10,7 @@ mod edge;
 pub mod error;
 pub mod file;
 pub mod runtime;
+mod tls;
 pub mod units;
 
 use std::collections::HashMap;

@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use super::auth::build_auth;
 use super::edge::{build_auth_failure_limit, build_cors, build_policies};
 use super::file::{FileConfig, RouteSection, UpstreamSection};
+use super::tls::build_listener_tls;
 use super::units::{parse_duration, parse_size};
 use super::{ConfigErrors, Problems, Sources};
 use crate::pipeline::auth::Authenticator;
@@ -26,7 +27,8 @@ use crate::pipeline::host::{HostAllowList, HostPattern};
 use crate::pipeline::path;
 use crate::pipeline::ratelimit::{policy_header, Policy, PolicyId, RateLimiter, MAX_POLICIES_PER_ROUTE};
 use crate::pipeline::route::{AuthMode, Route, RouteTable};
-use crate::pipeline::upstream::{Targets, Upstream};
+use crate::pipeline::upstream::{Targets, Upstream, UpstreamTls};
+use crate::tls::ListenerTls;
 
 /// `server.max_body_size` when unset: large enough for API payloads, small enough to refuse
 /// uploads nobody configured for.
@@ -107,12 +109,16 @@ pub struct ProcessSettings {
 }
 
 /// One validated `[[listener]]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Listener {
     /// Bound address.
     pub address: SocketAddr,
     /// Accept HTTP/2 with prior knowledge.
     pub h2c: bool,
+    /// Answer every request with 308 to the same URL on https.
+    pub redirect_https: bool,
+    /// TLS termination, with its live certificates.
+    pub tls: Option<Arc<ListenerTls>>,
 }
 
 /// The state each request reads, swapped whole on reload.
@@ -274,18 +280,7 @@ fn refuse_unsupported(file: &FileConfig, p: &mut Problems<'_>) {
             p.unsupported("log.audit", "the audit log");
         }
     }
-    for (i, l) in file.listener.iter().enumerate() {
-        if l.tls.is_some() {
-            p.unsupported(&format!("listener[{i}].tls"), "TLS termination");
-        }
-        if l.redirect_https.is_some_and(|r| r) {
-            p.unsupported(&format!("listener[{i}].redirect_https"), "the HTTPS redirect");
-        }
-    }
     for (i, u) in file.upstream.iter().enumerate() {
-        if u.tls.is_some() {
-            p.unsupported(&format!("upstream[{i}].tls"), "TLS to upstreams");
-        }
         if u.health_check.is_some() {
             p.unsupported(&format!("upstream[{i}].health_check"), "upstream health checks");
         }
@@ -362,13 +357,39 @@ fn build_listeners(file: &FileConfig, p: &mut Problems<'_>) -> Vec<Listener> {
             Ok(addr) if listeners.iter().any(|other| other.address == addr) => {
                 p.push(&key, format!("{addr} is listed twice"), "remove the duplicate [[listener]]")
             }
-            Ok(addr) => listeners.push(Listener { address: addr, h2c: l.h2c.unwrap_or(false) }),
+            Ok(addr) => {
+                let tls = l.tls.as_ref().and_then(|t| build_listener_tls(t, &format!("listener[{i}].tls"), p));
+                let redirect_https = l.redirect_https.unwrap_or(false);
+                if redirect_https && l.tls.is_some() {
+                    p.push(
+                        &format!("listener[{i}].redirect_https"),
+                        "is set on a TLS listener, which would redirect to itself",
+                        "set it on the plain listener",
+                    );
+                }
+                if l.h2c.unwrap_or(false) && l.tls.is_some() {
+                    p.push(
+                        &format!("listener[{i}].h2c"),
+                        "is for plain listeners; TLS listeners offer HTTP/2 by ALPN",
+                        "remove h2c and set tls.http2 = true",
+                    );
+                }
+                listeners.push(Listener { address: addr, h2c: l.h2c.unwrap_or(false), redirect_https, tls })
+            }
             Err(_) => p.push(
                 &key,
                 format!("\"{address}\" is not an IP:port"),
                 "write an IP address and port such as \"127.0.0.1:8080\" or \"[::]:8080\"",
             ),
         }
+    }
+    if listeners.iter().any(|l| l.redirect_https) && !listeners.iter().any(|l| l.tls.is_some()) {
+        let i = file.listener.iter().position(|l| l.redirect_https == Some(true)).unwrap_or(0);
+        p.push(
+            &format!("listener[{i}].redirect_https"),
+            "redirects to https, but no [[listener]] has a [listener.tls]",
+            "add a TLS listener, or remove redirect_https",
+        );
     }
     listeners
 }
@@ -403,10 +424,64 @@ fn build_upstreams(sections: &[UpstreamSection], p: &mut Problems<'_>) -> (Vec<U
             duration(p, &key("write_timeout"), u.write_timeout.as_deref(), DEFAULT_WRITE_TIMEOUT),
             duration(p, &key("idle_timeout"), u.idle_timeout.as_deref(), DEFAULT_IDLE_TIMEOUT),
         );
+        let upstream = match &u.tls {
+            None => upstream,
+            Some(tls) => match build_upstream_tls(tls, u.targets.as_deref().unwrap_or(&[]), &key("tls"), p) {
+                Some(tls) => upstream.with_tls(tls),
+                None => upstream,
+            },
+        };
         index.insert(name.to_string(), upstreams.len());
         upstreams.push(upstream);
     }
     (upstreams, index)
+}
+
+/// `tls = { sni, ca }`: `sni` defaults to the first target's host name.
+fn build_upstream_tls(
+    section: &super::file::UpstreamTlsSection,
+    targets: &[String],
+    key: &str,
+    p: &mut Problems<'_>,
+) -> Option<UpstreamTls> {
+    if targets.iter().any(|t| t == ECHO_TARGET) {
+        p.push(key, "is set on builtin:echo, which is not reached over the network", "remove tls");
+        return None;
+    }
+    let host_of = |target: &String| {
+        let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (host.parse::<IpAddr>().is_err()).then(|| host.to_string())
+    };
+    let sni = match section.sni.as_deref() {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => match targets.first().and_then(host_of) {
+            Some(host) => host,
+            None => {
+                p.push(
+                    &format!("{key}.sni"),
+                    "is missing, and the first target is an IP address, which certificates rarely name",
+                    "give the name the upstream's certificate is for, e.g. sni = \"registry.internal\"",
+                );
+                return None;
+            }
+        },
+    };
+    let ca = match section.ca.as_deref() {
+        None => None,
+        Some(path) => match super::tls::read_certificates(path) {
+            Ok(certs) => Some(Arc::new(certs.into_boxed_slice())),
+            Err(e) => {
+                p.push(
+                    &format!("{key}.ca"),
+                    e,
+                    "point it at a PEM file of the CA certificates that sign the upstream's",
+                );
+                return None;
+            }
+        },
+    };
+    Some(UpstreamTls { sni, ca })
 }
 
 fn build_targets(targets: Option<&[String]>, key: &str, p: &mut Problems<'_>) -> Targets {

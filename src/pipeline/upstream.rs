@@ -6,8 +6,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use pingora::protocols::tls::CaType;
 use pingora::upstreams::peer::HttpPeer;
 
 /// Where an upstream's requests go.
@@ -34,7 +36,19 @@ pub struct Upstream {
     pub write_timeout: Duration,
     /// How long an idle connection stays in the reuse pool.
     pub idle_timeout: Duration,
+    /// TLS to the targets, verified.
+    pub tls: Option<UpstreamTls>,
     next: AtomicUsize,
+}
+
+/// `[upstream] tls`: the name sent (SNI) and verified, and the CAs trusted (the system's when
+/// none are given).
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Server name: sent as SNI and checked against the certificate.
+    pub sni: String,
+    /// CA certificates to verify with, instead of the system store.
+    pub ca: Option<Arc<CaType>>,
 }
 
 impl Upstream {
@@ -54,8 +68,15 @@ impl Upstream {
             read_timeout,
             write_timeout,
             idle_timeout,
+            tls: None,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// The same upstream, reached over TLS.
+    pub fn with_tls(mut self, tls: UpstreamTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Where this request's rotation starts (one relaxed atomic add; no lock).
@@ -75,7 +96,18 @@ impl Upstream {
     pub fn peer(&self, start: usize, attempt: usize) -> Option<Box<HttpPeer>> {
         let Targets::Servers(servers) = &self.targets else { return None };
         let addr = *servers.get(start.wrapping_add(attempt) % servers.len())?;
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &self.tls {
+            None => HttpPeer::new(addr, false, String::new()),
+            Some(tls) => {
+                let mut peer = HttpPeer::new(addr, true, tls.sni.clone());
+                // Verification is never optional: the certificate must chain to a trusted CA and
+                // name `sni`.
+                peer.options.verify_cert = true;
+                peer.options.verify_hostname = true;
+                peer.options.ca = tls.ca.clone();
+                peer
+            }
+        };
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.write_timeout);

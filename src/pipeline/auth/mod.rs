@@ -22,6 +22,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::GatewayError;
 use crate::pipeline::route::AuthMode;
+use crate::tls::ClientCertificate;
 use apikey::ApiKeys;
 use jwt::{JwtIdentity, JwtRejection, JwtVerifier};
 
@@ -120,6 +121,8 @@ pub enum Principal {
     ApiKey(usize),
     /// A JWT's claims, as verified (and possibly cached).
     Jwt(Arc<JwtIdentity>),
+    /// A client certificate verified by the TLS handshake (mutual TLS), when no token was sent.
+    Certificate(Arc<ClientCertificate>),
 }
 
 /// A credential as presented, before verification.
@@ -160,6 +163,9 @@ pub fn is_permission_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b',' && b != b'"')
 }
 
+/// The `X-Auth-Permissions` of a caller that holds none.
+static NO_PERMISSIONS: HeaderValue = HeaderValue::from_static("");
+
 /// `auth.api_key_headers` when unset.
 pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
 
@@ -169,11 +175,22 @@ impl Authenticator {
     ///
     /// Awaits only when a JWT names a key its issuer's remote JWKS does not have: then it waits,
     /// at most `jwks_fetch_timeout`, for the refresh that may bring it.
-    pub async fn authenticate(&self, mode: AuthMode, headers: &HeaderMap) -> Result<Option<Principal>, GatewayError> {
+    ///
+    /// `certificate` is the client certificate the TLS handshake verified, if any: it is the
+    /// caller when no credential is sent (a sent one always wins, and is checked).
+    pub async fn authenticate(
+        &self,
+        mode: AuthMode,
+        headers: &HeaderMap,
+        certificate: Option<&Arc<ClientCertificate>>,
+    ) -> Result<Option<Principal>, GatewayError> {
         if mode == AuthMode::None {
             return Ok(None);
         }
         let failure = match self.credential(headers) {
+            Ok(Credential::None) if certificate.is_some() => {
+                return Ok(certificate.map(|c| Principal::Certificate(c.clone())))
+            }
             Ok(Credential::None) if mode == AuthMode::Optional => return Ok(None),
             Ok(Credential::None) => AuthFailure::Missing,
             Ok(Credential::ApiKey(key)) => match self.keys.verify(key, SystemTime::now()) {
@@ -222,6 +239,8 @@ impl Authenticator {
         let granted: &[Box<str>] = match principal {
             Some(Principal::ApiKey(i)) => &self.keys.get(*i).permissions,
             Some(Principal::Jwt(identity)) => &identity.permissions,
+            // A certificate proves who the caller is, not what it may do.
+            Some(Principal::Certificate(_)) => &[],
             None if required.is_empty() => return Ok(()),
             None => return Err(GatewayError::AuthenticationFailed(AuthFailure::Missing)),
         };
@@ -240,6 +259,8 @@ impl Authenticator {
                 let issuer = self.jwt.issuers.get(id.issuer).map_or(&b""[..], |i| i.issuer_header.as_bytes());
                 (issuer, id.subject.as_bytes())
             }
+            // A NUL can be in no issuer header: certificates never share a key with tokens.
+            Principal::Certificate(cert) => (b"\0mtls", cert.subject.as_bytes()),
         }
     }
 
@@ -264,6 +285,14 @@ impl Authenticator {
                 issuer: self.jwt.issuers.get(id.issuer).map(|i| &i.issuer_header),
                 permissions: &id.permissions_header,
                 claims: &id.claim_headers,
+            },
+            Principal::Certificate(cert) => Identity {
+                subject: &cert.subject,
+                method: HeaderValue::from_static("mtls"),
+                key_id: None,
+                issuer: Some(&cert.issuer),
+                permissions: &NO_PERMISSIONS,
+                claims: &[],
             },
         }
     }
@@ -361,7 +390,7 @@ mod tests {
     }
 
     fn failure(a: &Authenticator, mode: AuthMode, pairs: &[(&str, &str)]) -> AuthFailure {
-        match block_on(a.authenticate(mode, &headers(pairs))) {
+        match block_on(a.authenticate(mode, &headers(pairs), None)) {
             Err(GatewayError::AuthenticationFailed(f)) => f,
             other => panic!("{other:?}"),
         }
@@ -371,11 +400,11 @@ mod tests {
     fn accepts_the_key_in_either_place() {
         let a = auth();
         assert_eq!(
-            block_on(a.authenticate(AuthMode::Required, &headers(&[("x-api-key", "secret-key")]))),
+            block_on(a.authenticate(AuthMode::Required, &headers(&[("x-api-key", "secret-key")]), None)),
             Ok(Some(Principal::ApiKey(0)))
         );
         assert_eq!(
-            block_on(a.authenticate(AuthMode::Required, &headers(&[("authorization", "bearer secret-key")]))),
+            block_on(a.authenticate(AuthMode::Required, &headers(&[("authorization", "bearer secret-key")]), None)),
             Ok(Some(Principal::ApiKey(0)))
         );
         // The same key in both places is still two credentials: refused, never guessed at.
@@ -386,8 +415,8 @@ mod tests {
     #[test]
     fn modes() {
         let a = auth();
-        assert_eq!(block_on(a.authenticate(AuthMode::None, &headers(&[("x-api-key", "wrong")]))), Ok(None));
-        assert_eq!(block_on(a.authenticate(AuthMode::Optional, &headers(&[]))), Ok(None));
+        assert_eq!(block_on(a.authenticate(AuthMode::None, &headers(&[("x-api-key", "wrong")]), None)), Ok(None));
+        assert_eq!(block_on(a.authenticate(AuthMode::Optional, &headers(&[]), None)), Ok(None));
         assert_eq!(failure(&a, AuthMode::Optional, &[("x-api-key", "wrong")]), AuthFailure::UnknownKey);
         assert_eq!(failure(&a, AuthMode::Required, &[]), AuthFailure::Missing);
     }

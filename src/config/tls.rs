@@ -1,0 +1,110 @@
+//! `[listener.tls]`: certificates (loaded and checked here, so `check` and start refuse a bad
+//! one naming its file), the lowest version, ALPN, HSTS and mutual TLS.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use openssl::x509::X509;
+
+use super::file::TlsSection;
+use super::Problems;
+use crate::tls::{CertificateSource, KeySource, ListenerTls, MinVersion};
+
+/// Validates one listener's `[listener.tls]`; `key` is its place, e.g. `listener[1].tls`.
+pub(super) fn build_listener_tls(section: &TlsSection, key: &str, p: &mut Problems<'_>) -> Option<Arc<ListenerTls>> {
+    let at = |k: &str| format!("{key}.{k}");
+    let min_version = match section.min_version.as_deref() {
+        None | Some("1.2") => MinVersion::Tls12,
+        Some("1.3") => MinVersion::Tls13,
+        Some(other) => {
+            p.push(
+                &at("min_version"),
+                format!("\"{other}\" is not offered"),
+                "use \"1.2\" (the default) or \"1.3\"; TLS 1.0 and 1.1 are never offered",
+            );
+            MinVersion::Tls12
+        }
+    };
+    let hsts = section.hsts.as_deref().and_then(|value| {
+        let valid = value.trim_start().starts_with("max-age=") && HeaderValue::from_str(value).is_ok();
+        if !valid {
+            p.push(
+                &at("hsts"),
+                format!("\"{value}\" is not a Strict-Transport-Security value"),
+                "write e.g. \"max-age=31536000; includeSubDomains\"",
+            );
+        }
+        HeaderValue::from_str(value).ok().filter(|_| valid)
+    });
+    let client_ca = section.client_ca.as_deref().and_then(|path| match read_certificates(path) {
+        Ok(cas) => Some(cas),
+        Err(e) => {
+            p.push(&at("client_ca"), e, "point it at a PEM file of the CA certificates that sign client certificates");
+            None
+        }
+    });
+    if section.certificate.is_empty() {
+        p.push(
+            &at("certificate"),
+            "no [[listener.tls.certificate]] is configured",
+            "add one with cert = \"conf/tls/site.pem\" and key = \"file:conf/tls/site.key\"",
+        );
+        return None;
+    }
+    let mut sources = Vec::new();
+    for (i, c) in section.certificate.iter().enumerate() {
+        let at = |k: &str| format!("{key}.certificate[{i}].{k}");
+        if c.client_ca.is_some() {
+            p.push(&at("client_ca"), "is set per certificate", format!("set client_ca in [{key}] instead"));
+        }
+        let cert = match c.cert.as_deref() {
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            _ => {
+                p.push(&at("cert"), "is missing", "give the PEM certificate chain, e.g. \"conf/tls/site.pem\"");
+                continue;
+            }
+        };
+        let key_source = match c.key.as_deref() {
+            Some(spec) => match spec.strip_prefix("env:") {
+                Some(name) => KeySource::Env(name.to_string()),
+                None => KeySource::File(PathBuf::from(spec.strip_prefix("file:").unwrap_or(spec))),
+            },
+            None => {
+                p.push(&at("key"), "is missing", "give the PEM private key, e.g. \"file:conf/tls/site.key\"");
+                continue;
+            }
+        };
+        let source = CertificateSource { cert, key: key_source };
+        // Each certificate on its own, so every bad one is reported with its key.
+        if let Err(e) = crate::tls::load_certificate(&source) {
+            p.push(
+                &format!("{key}.certificate[{i}]"),
+                e,
+                "fix the file, or point cert and key at a matching, current pair",
+            );
+            continue;
+        }
+        sources.push(source);
+    }
+    if sources.len() != section.certificate.len() {
+        return None;
+    }
+    match ListenerTls::new(sources, min_version, section.http2.unwrap_or(false), hsts, client_ca) {
+        Ok(tls) => Some(Arc::new(tls)),
+        Err(e) => {
+            p.push(&at("certificate"), e, "fix the certificate files");
+            None
+        }
+    }
+}
+
+/// The certificates of a PEM file.
+pub(super) fn read_certificates(path: &str) -> Result<Vec<X509>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let certs = X509::stack_from_pem(&pem).map_err(|_| format!("{path} is not a PEM certificate file"))?;
+    if certs.is_empty() {
+        return Err(format!("{path} holds no certificate"));
+    }
+    Ok(certs)
+}
