@@ -131,10 +131,10 @@ pub fn summary(config: &Config) -> String {
                 );
             }
             None => {
-                let note = match (l.h2c, l.redirect_https) {
-                    (_, true) => " (redirects to https)",
-                    (true, _) => " (h2c)",
-                    _ => "",
+                let note = match (l.h2c, l.redirect_to) {
+                    (_, Some(port)) => format!(" (redirects to https on port {port})"),
+                    (true, _) => " (h2c)".to_string(),
+                    _ => String::new(),
                 };
                 let _ = writeln!(out, "  http://{}{note}", l.address);
             }

@@ -15,7 +15,7 @@
 //! | `fail_to_proxy`           | 502 / 504 / 413 as JSON                                       |
 
 use std::borrow::Cow;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,7 +27,6 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::config::runtime::Listener;
 use crate::config::Runtime;
 use crate::ctx::{CorsState, RequestCtx};
 use crate::error::{CorsRejection, GatewayError};
@@ -51,56 +50,25 @@ enum Admission {
 /// The shared, swappable runtime configuration: each request reads it once.
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 
-/// The gateway.
+/// The gateway, as served on one group of listeners.
 pub struct Gateway {
     runtime: SharedRuntime,
-    listeners: Arc<Listeners>,
+    edge: Arc<ListenerEdge>,
 }
 
-/// What a request's listener asks of its responses: fixed at start, like the listeners.
-#[derive(Debug, Default)]
-pub struct Listeners {
-    entries: Vec<ListenerEdge>,
-    /// The port of the first TLS listener: where `redirect_https` sends clients.
-    https_port: Option<u16>,
-}
-
-#[derive(Debug)]
-struct ListenerEdge {
-    address: SocketAddr,
-    redirect_https: bool,
-    hsts: Option<HeaderValue>,
-}
-
-impl Listeners {
-    /// From the validated listeners.
-    pub fn new(listeners: &[Listener]) -> Self {
-        Listeners {
-            entries: listeners
-                .iter()
-                .map(|l| ListenerEdge {
-                    address: l.address,
-                    redirect_https: l.redirect_https,
-                    hsts: l.tls.as_ref().and_then(|t| t.hsts.clone()),
-                })
-                .collect(),
-            https_port: listeners.iter().find(|l| l.tls.is_some()).map(|l| l.address.port()),
-        }
-    }
-
-    /// The listener a connection arrived on, by its local address.
-    fn of(&self, local: Option<SocketAddr>) -> Option<&ListenerEdge> {
-        let local = local?;
-        self.entries.iter().find(|e| {
-            e.address.port() == local.port() && (e.address.ip().is_unspecified() || e.address.ip() == local.ip())
-        })
-    }
+/// What the listeners a service serves ask of their responses: fixed at start, like them.
+#[derive(Debug, Default, Clone)]
+pub struct ListenerEdge {
+    /// Plain listeners with `redirect_https`: the https port to send clients to.
+    pub redirect_to: Option<u16>,
+    /// TLS listeners with `hsts`: the `Strict-Transport-Security` value.
+    pub hsts: Option<HeaderValue>,
 }
 
 impl Gateway {
-    /// A gateway serving whatever `runtime` points at, on `listeners`.
-    pub fn new(runtime: SharedRuntime, listeners: Arc<Listeners>) -> Self {
-        Gateway { runtime, listeners }
+    /// A gateway serving whatever `runtime` points at, on listeners that ask for `edge`.
+    pub fn new(runtime: SharedRuntime, edge: ListenerEdge) -> Self {
+        Gateway { runtime, edge: Arc::new(edge) }
     }
 
     /// The request-header stages: forward, answer a preflight, or `Err`, the refusal to
@@ -119,17 +87,15 @@ impl Gateway {
             (Some(cors), None) => CorsState::Actual(cors.allow_origin(req)),
         };
 
+        let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
+        // Before anything can refuse: every response over TLS carries HSTS, errors included.
+        if tls.is_some() {
+            ctx.hsts = self.edge.hsts.clone();
+        }
         let host = rt.hosts.check(req)?;
         ctx.host = host.authority;
-        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
-        let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
-        if let Some(edge) = self.listeners.of(local) {
-            if edge.redirect_https && tls.is_none() {
-                return Ok(Admission::Redirect(self.https_location(host.name.as_str(), req)?));
-            }
-            if tls.is_some() {
-                ctx.hsts = edge.hsts.clone();
-            }
+        if let (Some(port), None) = (self.edge.redirect_to, tls) {
+            return Ok(Admission::Redirect(https_location(host.name.as_str(), port, req)?));
         }
         let certificate = tls.and_then(|t| t.extension.get::<Arc<ClientCertificate>>()).cloned();
 
@@ -230,16 +196,6 @@ impl Gateway {
         Ok(())
     }
 
-    /// `https://host[:port]/path?query` for a request on a `redirect_https` listener.
-    fn https_location(&self, host: &str, req: &RequestHeader) -> Result<HeaderValue, GatewayError> {
-        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        let location = match self.listeners.https_port {
-            None | Some(443) => format!("https://{host}{target}"),
-            Some(port) => format!("https://{host}:{port}{target}"),
-        };
-        HeaderValue::from_str(&location).map_err(|_| GatewayError::BadRequest("malformed request target"))
-    }
-
     /// 308 to the https URL: the method and body are to be sent again there, not dropped.
     async fn redirect(session: &mut Session, ctx: &RequestCtx, location: HeaderValue) -> Result<()> {
         let mut resp = ResponseHeader::build(http::StatusCode::PERMANENT_REDIRECT, Some(4))?;
@@ -322,6 +278,17 @@ impl Gateway {
         let route = ctx.runtime.routes.get(ctx.route?);
         ctx.runtime.upstreams.get(route.upstream)
     }
+}
+
+/// `https://host[:port]/path?query` for a request on a `redirect_https` listener.
+fn https_location(host: &str, port: u16, req: &RequestHeader) -> Result<HeaderValue, GatewayError> {
+    // Origin-form targets only: `OPTIONS *` and the like go to the root.
+    let target = req.uri.path_and_query().map(|p| p.as_str()).filter(|t| t.starts_with('/')).unwrap_or("/");
+    let location = match port {
+        443 => format!("https://{host}{target}"),
+        port => format!("https://{host}:{port}{target}"),
+    };
+    HeaderValue::from_str(&location).map_err(|_| GatewayError::BadRequest("malformed request target"))
 }
 
 /// Seconds since the epoch: the clock rate-limit windows are aligned to.

@@ -43,22 +43,23 @@ pub fn build_server(config: &Config) -> (Server, SharedRuntime) {
     server.bootstrap();
 
     let runtime: SharedRuntime = Arc::new(ArcSwap::new(config.runtime.clone()));
-    let edges = Arc::new(gateway::Listeners::new(&process.listeners));
-    // Plain listeners that share server options share one service (and so one thread pool);
-    // each TLS listener has its own certificates and settings.
-    for h2c in [false, true] {
-        let addresses: Vec<String> = process
-            .listeners
-            .iter()
-            .filter(|l| l.h2c == h2c && l.tls.is_none())
-            .map(|l| l.address.to_string())
-            .collect();
-        if addresses.is_empty() {
-            continue;
+    // Plain listeners that share server options and edge behaviour share one service (and so
+    // one thread pool); each TLS listener has its own certificates and settings.
+    // (h2c, redirect port) → addresses.
+    type Group = (bool, Option<u16>);
+    let mut groups: Vec<(Group, Vec<String>)> = Vec::new();
+    for l in process.listeners.iter().filter(|l| l.tls.is_none()) {
+        let group = (l.h2c, l.redirect_to);
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, addresses)) => addresses.push(l.address.to_string()),
+            None => groups.push((group, vec![l.address.to_string()])),
         }
+    }
+    for ((h2c, redirect_to), addresses) in groups {
         let mut options = HttpServerOptions::default();
         options.h2c = h2c;
-        let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(runtime.clone(), edges.clone()))
+        let edge = gateway::ListenerEdge { redirect_to, hsts: None };
+        let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(runtime.clone(), edge))
             .name(if h2c { "portcullis (h2c)" } else { "portcullis" })
             .server_options(options)
             .build();
@@ -70,14 +71,18 @@ pub fn build_server(config: &Config) -> (Server, SharedRuntime) {
     let mut watched = Vec::new();
     for listener in &process.listeners {
         let Some(tls) = &listener.tls else { continue };
+        // Config validation built these settings once already; failing here is not expected,
+        // and a gateway missing a listener it was told to serve must not pretend otherwise.
         let settings = match tls.settings() {
             Ok(settings) => settings,
             Err(error) => {
-                tracing::error!(address = %listener.address, %error, "TLS listener not started");
-                continue;
+                tracing::error!(address = %listener.address, %error, "cannot start the TLS listener");
+                eprintln!("portcullis: cannot start the TLS listener {}: {error}", listener.address);
+                std::process::exit(1);
             }
         };
-        let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(runtime.clone(), edges.clone()))
+        let edge = gateway::ListenerEdge { redirect_to: None, hsts: tls.hsts.clone() };
+        let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(runtime.clone(), edge))
             .name("portcullis (tls)")
             .build();
         service.add_tls_with_settings(&listener.address.to_string(), None, settings);

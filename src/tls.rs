@@ -22,12 +22,11 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::HeaderValue;
 use openssl::asn1::Asn1Time;
-use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{NameType, SslOptions, SslRef, SslVerifyMode, SslVersion};
+use openssl::ssl::{NameType, SslOptions, SslRef, SslSessionCacheMode, SslVerifyMode, SslVersion};
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::{X509NameRef, X509};
+use openssl::x509::{X509NameRef, X509VerifyResult, X509};
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::TlsAccept;
 use pingora::server::ShutdownWatch;
@@ -94,8 +93,14 @@ pub fn load_certificate(source: &CertificateSource) -> Result<CertifiedKey, Stri
             format!("${name}"),
         ),
     };
-    let key = PKey::private_key_from_pem(&key_pem)
-        .map_err(|_| format!("{key_name} is not a PEM private key (PKCS#8, RSA or EC), or it is encrypted"))?;
+    if key_pem.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(format!(
+            "the key in {key_name} is encrypted; give the gateway an unencrypted key file (mode 0600)"
+        ));
+    }
+    // A callback that offers no passphrase: OpenSSL's default would prompt on the terminal.
+    let key = PKey::private_key_from_pem_callback(&key_pem, |_| Ok(0))
+        .map_err(|_| format!("{key_name} is not a PEM private key (PKCS#8, RSA or EC)"))?;
     if !leaf.public_key().is_ok_and(|public| public.public_eq(&key)) {
         return Err(format!("the key in {key_name} does not belong to the certificate in {cert_path}"));
     }
@@ -128,7 +133,7 @@ pub fn load_certificate(source: &CertificateSource) -> Result<CertifiedKey, Stri
 /// A listener's certificates, indexed by name.
 #[derive(Debug)]
 pub struct CertStore {
-    certs: Vec<CertifiedKey>,
+    certs: Vec<Arc<CertifiedKey>>,
     exact: HashMap<String, usize>,
     /// `example.com` for `*.example.com`.
     wildcard: HashMap<String, usize>,
@@ -137,7 +142,7 @@ pub struct CertStore {
 impl CertStore {
     /// Indexes `certs`; the first is the default. An earlier certificate keeps a name two
     /// certificates share.
-    pub fn new(certs: Vec<CertifiedKey>) -> CertStore {
+    pub fn new(certs: Vec<Arc<CertifiedKey>>) -> CertStore {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         for (i, cert) in certs.iter().enumerate() {
@@ -153,7 +158,7 @@ impl CertStore {
 
     /// The certificate for a client's SNI: an exact name, then a wildcard one label up, then
     /// the default (clients without SNI, or names no certificate has).
-    pub fn select(&self, sni: Option<&str>) -> Option<&CertifiedKey> {
+    pub fn select(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
         let index = sni.and_then(|name| {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             self.exact.get(&name).copied().or_else(|| {
@@ -177,8 +182,8 @@ pub struct ListenerTls {
     pub client_ca: Option<Vec<X509>>,
     sources: Vec<CertificateSource>,
     store: ArcSwap<CertStore>,
-    /// The files' state when last loaded: a change reloads them.
-    seen: Mutex<Vec<Option<FileStamp>>>,
+    /// Per source: what was loaded, and whether its new files fail.
+    state: Mutex<Vec<SourceState>>,
 }
 
 impl std::fmt::Debug for ListenerTls {
@@ -187,16 +192,36 @@ impl std::fmt::Debug for ListenerTls {
     }
 }
 
-/// What identifies a file's version without reading it.
+/// What identifies a file's version without reading it: a rename-into-place changes the inode,
+/// a rewrite the modification time, a `chmod` the change time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FileStamp {
     modified: Option<SystemTime>,
+    changed: i64,
+    inode: u64,
+    device: u64,
     len: u64,
 }
 
 fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp { modified: meta.modified().ok(), len: meta.len() })
+    Some(FileStamp {
+        modified: meta.modified().ok(),
+        changed: meta.ctime(),
+        inode: meta.ino(),
+        device: meta.dev(),
+        len: meta.len(),
+    })
+}
+
+/// One certificate's reload state.
+#[derive(Debug, Default)]
+struct SourceState {
+    /// The files' stamps when last loaded successfully.
+    loaded: Vec<Option<FileStamp>>,
+    /// The last error, while the files do not load: retried every check, reported once.
+    failing: Option<String>,
 }
 
 impl ListenerTls {
@@ -208,8 +233,8 @@ impl ListenerTls {
         hsts: Option<HeaderValue>,
         client_ca: Option<Vec<X509>>,
     ) -> Result<ListenerTls, String> {
-        let seen = Self::stamps(&sources);
-        let certs = sources.iter().map(load_certificate).collect::<Result<Vec<_>, _>>()?;
+        let state = sources.iter().map(|s| SourceState { loaded: Self::stamps(s), failing: None }).collect();
+        let certs = sources.iter().map(|s| load_certificate(s).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
         Ok(ListenerTls {
             min_version,
             http2,
@@ -217,37 +242,50 @@ impl ListenerTls {
             client_ca,
             sources,
             store: ArcSwap::from_pointee(CertStore::new(certs)),
-            seen: Mutex::new(seen),
+            state: Mutex::new(state),
         })
     }
 
-    fn stamps(sources: &[CertificateSource]) -> Vec<Option<FileStamp>> {
-        sources
-            .iter()
-            .flat_map(|s| {
-                let key = match &s.key {
-                    KeySource::File(path) => stamp(path),
-                    KeySource::Env(_) => None,
-                };
-                [stamp(&s.cert), key]
-            })
-            .collect()
+    fn stamps(source: &CertificateSource) -> Vec<Option<FileStamp>> {
+        let key = match &source.key {
+            KeySource::File(path) => stamp(path),
+            KeySource::Env(_) => None,
+        };
+        vec![stamp(&source.cert), key]
     }
 
-    /// Loads the certificates again if their files changed: `Ok(true)` when a new set is in
-    /// force, `Err` (the old set stays) when the new files do not load.
-    pub fn reload_if_changed(&self) -> Result<bool, String> {
-        let now = Self::stamps(&self.sources);
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if *seen == now {
-            return Ok(false);
+    /// Loads again each certificate whose files changed since it was loaded, or that failed
+    /// last time (a key written after its certificate, a `chmod` that came later). A
+    /// certificate that does not load keeps its previous version; the others are renewed
+    /// anyway. Returns what changed and the errors first seen now (each reported once).
+    pub fn reload_if_changed(&self) -> (bool, Vec<String>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.store.load_full();
+        let mut certs: Vec<Arc<CertifiedKey>> = current.certs.clone();
+        let (mut changed, mut errors) = (false, Vec::new());
+        for (i, source) in self.sources.iter().enumerate() {
+            let now = Self::stamps(source);
+            if state[i].loaded == now && state[i].failing.is_none() {
+                continue;
+            }
+            match load_certificate(source) {
+                Ok(cert) => {
+                    certs[i] = Arc::new(cert);
+                    state[i] = SourceState { loaded: now, failing: None };
+                    changed = true;
+                }
+                Err(error) => {
+                    if state[i].failing.as_ref() != Some(&error) {
+                        errors.push(error.clone());
+                    }
+                    state[i].failing = Some(error);
+                }
+            }
         }
-        // Remembered even when loading fails: the error is reported once per change, not
-        // every second.
-        *seen = now;
-        let certs = self.sources.iter().map(load_certificate).collect::<Result<Vec<_>, _>>()?;
-        self.store.store(Arc::new(CertStore::new(certs)));
-        Ok(true)
+        if changed {
+            self.store.store(Arc::new(CertStore::new(certs)));
+        }
+        (changed, errors)
     }
 
     /// The names of the certificates in force, for `check` and logs.
@@ -287,8 +325,12 @@ impl ListenerTls {
             // A certificate is asked for and, when sent, must verify; clients without one may
             // still authenticate with a token.
             settings.set_verify(SslVerifyMode::PEER);
-            // Session resumption with client verification needs a context id.
+            // No session resumption: every connection shows a certificate that is verified now
+            // (a resumed session would carry an identity checked hours ago), and against the
+            // CAs in force. The id context is still needed for verification.
             settings.set_session_id_context(b"portcullis").map_err(|e| format!("cannot set up mutual TLS: {e}"))?;
+            settings.set_session_cache_mode(SslSessionCacheMode::OFF);
+            settings.set_options(SslOptions::NO_TICKET);
         }
         Ok(settings)
     }
@@ -325,41 +367,67 @@ impl TlsAccept for Resolver {
 
     async fn handshake_complete_callback(&self, ssl: &SslRef) -> Option<Arc<dyn Any + Send + Sync>> {
         self.0.client_ca.as_ref()?;
-        // The handshake only completes with a certificate that verified (or none).
+        // The handshake only completes with a certificate that verified (or none); checked
+        // again, since an identity rests on it.
         let cert = ssl.peer_certificate()?;
-        let subject = HeaderValue::from_str(&distinguished_name(cert.subject_name())).ok()?;
-        let issuer = HeaderValue::from_str(&distinguished_name(cert.issuer_name())).ok()?;
-        // Stored as an `Arc<ClientCertificate>`, so requests share it rather than copy it.
-        Some(Arc::new(Arc::new(ClientCertificate { subject, issuer })))
+        if ssl.verify_result() != X509VerifyResult::OK {
+            return None;
+        }
+        match (distinguished_name(cert.subject_name()), distinguished_name(cert.issuer_name())) {
+            (Some(subject), Some(issuer)) => {
+                let subject = HeaderValue::from_str(&subject).ok()?;
+                let issuer = HeaderValue::from_str(&issuer).ok()?;
+                // Stored as an `Arc<ClientCertificate>`, so requests share it, not copy it.
+                Some(Arc::new(Arc::new(ClientCertificate { subject, issuer })))
+            }
+            _ => {
+                tracing::warn!("a client certificate with an empty subject names nobody; the connection is anonymous");
+                None
+            }
+        }
     }
 }
 
-/// `CN=client,O=Acme`: the name's entries, most specific first, values escaped per RFC 4514.
-fn distinguished_name(name: &X509NameRef) -> String {
+/// The name as an RFC 4514 string, most specific attribute first: every attribute (by its
+/// short name, or its dotted OID), values escaped so that no two names print the same (`,+"\<>;=`
+/// by a backslash, a leading `#` or space and a trailing space too, and every byte outside
+/// printable ASCII as `\XX`). `None` for an empty name.
+fn distinguished_name(name: &X509NameRef) -> Option<String> {
     let mut parts: Vec<String> = Vec::new();
     for entry in name.entries() {
-        let key = match entry.object().nid() {
-            Nid::COMMONNAME => "CN",
-            Nid::ORGANIZATIONNAME => "O",
-            Nid::ORGANIZATIONALUNITNAME => "OU",
-            Nid::COUNTRYNAME => "C",
-            Nid::STATEORPROVINCENAME => "ST",
-            Nid::LOCALITYNAME => "L",
-            _ => continue,
+        let object = entry.object();
+        let key = object.nid().short_name().map_or_else(|_| object.to_string(), str::to_string);
+        let value = match entry.data().to_string() {
+            Ok(text) => escape_dn_value(&text),
+            // Not decodable as text: the raw bytes, as RFC 4514's `#hex` form.
+            Err(_) => format!("#{}", hex::encode(entry.data().as_slice())),
         };
-        let value = String::from_utf8_lossy(entry.data().as_slice());
-        let escaped: String = value
-            .chars()
-            .flat_map(|c| {
-                let escape = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=');
-                escape.then_some('\\').into_iter().chain(std::iter::once(c))
-            })
-            .filter(|c| !c.is_control())
-            .collect();
-        parts.push(format!("{key}={escaped}"));
+        parts.push(format!("{key}={value}"));
     }
     parts.reverse();
-    parts.join(",")
+    (!parts.is_empty()).then(|| parts.join(","))
+}
+
+fn escape_dn_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let last = text.chars().count().saturating_sub(1);
+    for (i, c) in text.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
+            || (i == 0 && matches!(c, '#' | ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+            out.push(c);
+        } else if c.is_ascii_graphic() || c == ' ' {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("\\{b:02X}"));
+            }
+        }
+    }
+    out
 }
 
 /// Reloads the certificates of every TLS listener when their files change.
@@ -387,15 +455,48 @@ impl BackgroundService for CertificateWatcher {
             for tls in &self.listeners {
                 // File reads and parsing off the async workers.
                 let tls = tls.clone();
-                match tokio::task::spawn_blocking(move || tls.reload_if_changed().map(|r| (r, tls.names()))).await {
-                    Ok(Ok((true, names))) => tracing::info!(?names, "certificates reloaded"),
-                    Ok(Ok((false, _))) => {}
-                    Ok(Err(error)) => {
-                        tracing::error!(%error, "certificates not reloaded; the previous ones stay in force")
+                match tokio::task::spawn_blocking(move || {
+                    let (changed, errors) = tls.reload_if_changed();
+                    (changed, errors, tls.names())
+                })
+                .await
+                {
+                    Ok((changed, errors, names)) => {
+                        for error in errors {
+                            tracing::error!(%error, "certificate not reloaded; its previous version stays in force (retried every second)");
+                        }
+                        if changed {
+                            tracing::info!(?names, "certificates reloaded");
+                        }
                     }
                     Err(error) => tracing::error!(%error, "certificate reload failed"),
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openssl::x509::X509Name;
+
+    fn name(entries: &[(&str, &str)]) -> X509Name {
+        let mut b = X509Name::builder().unwrap();
+        for (k, v) in entries {
+            b.append_entry_by_text(k, v).unwrap();
+        }
+        b.build()
+    }
+
+    #[test]
+    fn distinguished_names_keep_every_attribute_and_escape_values() {
+        let n = name(&[("DC", "com"), ("DC", "example"), ("OU", "people"), ("UID", "alice")]);
+        assert_eq!(distinguished_name(&n).unwrap(), "UID=alice,OU=people,DC=example,DC=com");
+        let other = name(&[("DC", "com"), ("DC", "example"), ("OU", "people"), ("UID", "bob")]);
+        assert_ne!(distinguished_name(&n), distinguished_name(&other));
+        let tricky = name(&[("O", "Acme, Inc"), ("CN", "#admin "), ("L", "Zürich")]);
+        assert_eq!(distinguished_name(&tricky).unwrap(), "L=Z\\C3\\BCrich,CN=\\#admin\\ ,O=Acme\\, Inc");
+        assert_eq!(distinguished_name(&name(&[])), None);
     }
 }

@@ -237,7 +237,7 @@ fn each_bad_config_is_refused_naming_its_key() {
         (
             BASE.replace("address = \"127.0.0.1:8080\"", "address = \"127.0.0.1:8080\"\nredirect_https = true"),
             "listener[0].redirect_https",
-            "no [[listener]] has a [listener.tls]",
+            "has a [listener.tls]",
         ),
         (
             BASE.replace("[server]\n", "[server]\nenvironment = \"staging\"\n"),

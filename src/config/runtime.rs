@@ -115,8 +115,9 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Accept HTTP/2 with prior knowledge.
     pub h2c: bool,
-    /// Answer every request with 308 to the same URL on https.
-    pub redirect_https: bool,
+    /// `redirect_https`: answer every request with 308 to the same URL on https, on this port
+    /// (a TLS listener's on the same address).
+    pub redirect_to: Option<u16>,
     /// TLS termination, with its live certificates.
     pub tls: Option<Arc<ListenerTls>>,
 }
@@ -347,6 +348,8 @@ fn build_listeners(file: &FileConfig, p: &mut Problems<'_>) -> Vec<Listener> {
         p.push("listener", "no [[listener]] is configured", "add one, e.g. [[listener]] address = \"127.0.0.1:8080\"");
     }
     let mut listeners: Vec<Listener> = Vec::new();
+    // (config index, listener index) of the plain listeners with redirect_https.
+    let mut redirects: Vec<(usize, usize)> = Vec::new();
     for (i, l) in file.listener.iter().enumerate() {
         let key = format!("listener[{i}].address");
         let Some(address) = &l.address else {
@@ -374,7 +377,11 @@ fn build_listeners(file: &FileConfig, p: &mut Problems<'_>) -> Vec<Listener> {
                         "remove h2c and set tls.http2 = true",
                     );
                 }
-                listeners.push(Listener { address: addr, h2c: l.h2c.unwrap_or(false), redirect_https, tls })
+                let listener = Listener { address: addr, h2c: l.h2c.unwrap_or(false), redirect_to: None, tls };
+                listeners.push(listener);
+                if redirect_https {
+                    redirects.push((i, listeners.len() - 1));
+                }
             }
             Err(_) => p.push(
                 &key,
@@ -383,13 +390,32 @@ fn build_listeners(file: &FileConfig, p: &mut Problems<'_>) -> Vec<Listener> {
             ),
         }
     }
-    if listeners.iter().any(|l| l.redirect_https) && !listeners.iter().any(|l| l.tls.is_some()) {
-        let i = file.listener.iter().position(|l| l.redirect_https == Some(true)).unwrap_or(0);
-        p.push(
-            &format!("listener[{i}].redirect_https"),
-            "redirects to https, but no [[listener]] has a [listener.tls]",
-            "add a TLS listener, or remove redirect_https",
-        );
+    // A redirect goes to the TLS listener on the same address (443 when there are several), so
+    // a client is never sent to an internal or mutual-TLS-only port by accident.
+    for (i, at) in redirects {
+        let plain = listeners[at].address;
+        let same_address = |l: &&Listener| {
+            l.tls.is_some()
+                && (l.address.ip() == plain.ip() || l.address.ip().is_unspecified() || plain.ip().is_unspecified())
+        };
+        let candidates: Vec<u16> = listeners.iter().filter(same_address).map(|l| l.address.port()).collect();
+        let port = if candidates.contains(&443) { Some(443) } else { candidates.first().copied() };
+        match port {
+            Some(port) if candidates.len() == 1 || port == 443 => listeners[at].redirect_to = Some(port),
+            Some(_) => p.push(
+                &format!("listener[{i}].redirect_https"),
+                format!(
+                    "{} TLS listeners share this address, and none is on 443: the redirect target is ambiguous",
+                    candidates.len()
+                ),
+                "keep one TLS listener per address, or put one on port 443",
+            ),
+            None => p.push(
+                &format!("listener[{i}].redirect_https"),
+                format!("redirects to https, but no [[listener]] on {} has a [listener.tls]", plain.ip()),
+                "add a TLS listener on the same address, or remove redirect_https",
+            ),
+        }
     }
     listeners
 }
@@ -455,6 +481,14 @@ fn build_upstream_tls(
     };
     let sni = match section.sni.as_deref() {
         Some(name) if !name.is_empty() => name.to_string(),
+        _ if targets.iter().map(host_of).collect::<HashSet<_>>().len() > 1 => {
+            p.push(
+                &format!("{key}.sni"),
+                "is missing, and the targets have different host names",
+                "give the one name every target's certificate is for, or split them into upstreams",
+            );
+            return None;
+        }
         _ => match targets.first().and_then(host_of) {
             Some(host) => host,
             None => {
@@ -470,7 +504,7 @@ fn build_upstream_tls(
     let ca = match section.ca.as_deref() {
         None => None,
         Some(path) => match super::tls::read_certificates(path) {
-            Ok(certs) => Some(Arc::new(certs.into_boxed_slice())),
+            Ok(certs) => Some((Arc::new(certs.into_boxed_slice()), path)),
             Err(e) => {
                 p.push(
                     &format!("{key}.ca"),
@@ -481,7 +515,14 @@ fn build_upstream_tls(
             }
         },
     };
-    Some(UpstreamTls { sni, ca })
+    let pool_key = ca.as_ref().map_or(0, |(certs, _)| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for cert in certs.iter() {
+            std::hash::Hash::hash(&cert.to_der().unwrap_or_default(), &mut hasher);
+        }
+        std::hash::Hasher::finish(&hasher)
+    });
+    Some(UpstreamTls { sni, ca: ca.map(|(certs, _)| certs), pool_key })
 }
 
 fn build_targets(targets: Option<&[String]>, key: &str, p: &mut Problems<'_>) -> Targets {

@@ -65,11 +65,19 @@ pub(super) fn build_listener_tls(section: &TlsSection, key: &str, p: &mut Proble
                 continue;
             }
         };
+        // Always through `file:` or `env:`, like every secret: a PEM pasted inline would
+        // otherwise be taken for a path and printed in the error.
         let key_source = match c.key.as_deref() {
-            Some(spec) => match spec.strip_prefix("env:") {
-                Some(name) => KeySource::Env(name.to_string()),
-                None => KeySource::File(PathBuf::from(spec.strip_prefix("file:").unwrap_or(spec))),
-            },
+            Some(spec) if spec.starts_with("env:") => KeySource::Env(spec["env:".len()..].to_string()),
+            Some(spec) if spec.starts_with("file:") => KeySource::File(PathBuf::from(&spec["file:".len()..])),
+            Some(_) => {
+                p.push(
+                    &at("key"),
+                    "is not \"file:PATH\" or \"env:NAME\"",
+                    "keep the key out of the config: key = \"file:conf/tls/site.key\" or \"env:TLS_KEY\"",
+                );
+                continue;
+            }
             None => {
                 p.push(&at("key"), "is missing", "give the PEM private key, e.g. \"file:conf/tls/site.key\"");
                 continue;
@@ -90,13 +98,19 @@ pub(super) fn build_listener_tls(section: &TlsSection, key: &str, p: &mut Proble
     if sources.len() != section.certificate.len() {
         return None;
     }
-    match ListenerTls::new(sources, min_version, section.http2.unwrap_or(false), hsts, client_ca) {
-        Ok(tls) => Some(Arc::new(tls)),
+    let tls = match ListenerTls::new(sources, min_version, section.http2.unwrap_or(false), hsts, client_ca) {
+        Ok(tls) => Arc::new(tls),
         Err(e) => {
             p.push(&at("certificate"), e, "fix the certificate files");
-            None
+            return None;
         }
+    };
+    // Built once here so that start cannot fail on what `check` passed.
+    if let Err(e) = tls.settings() {
+        p.push(key, e, "check the certificates and client_ca");
+        return None;
     }
+    Some(tls)
 }
 
 /// The certificates of a PEM file.

@@ -49,6 +49,8 @@ pub struct UpstreamTls {
     pub sni: String,
     /// CA certificates to verify with, instead of the system store.
     pub ca: Option<Arc<CaType>>,
+    /// A hash of `ca`, for the connection pool's key.
+    pub pool_key: u64,
 }
 
 impl Upstream {
@@ -105,6 +107,9 @@ impl Upstream {
                 peer.options.verify_cert = true;
                 peer.options.verify_hostname = true;
                 peer.options.ca = tls.ca.clone();
+                // Pingora's connection pool does not key on the CA: keep connections verified
+                // against one trust store from serving an upstream that trusts another.
+                peer.group_key = tls.pool_key;
                 peer
             }
         };

@@ -23,12 +23,12 @@ pub struct Pair {
 }
 
 impl Pair {
-    /// Writes `NAME.pem` and `NAME.key` into `dir`; returns their paths.
+    /// Writes `NAME.key` then `NAME.pem` into `dir` (as a renewal would); returns their paths.
     pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         let cert = dir.join(format!("{name}.pem"));
         let key = dir.join(format!("{name}.key"));
-        std::fs::write(&cert, &self.cert).unwrap();
         std::fs::write(&key, &self.key).unwrap();
+        std::fs::write(&cert, &self.cert).unwrap();
         (cert, key)
     }
 }

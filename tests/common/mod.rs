@@ -92,6 +92,11 @@ impl Gateway {
         Err(format!("not listening after 20s: {}", self.stderr()))
     }
 
+    /// The directory holding its config and `stderr.log`.
+    pub fn dir_path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
     /// What the gateway wrote to stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
