@@ -208,6 +208,18 @@ impl Gateway {
         session.write_response_header(Box::new(resp), true).await
     }
 
+    /// Writes a response the gateway made, with its body, except to a HEAD request: there the
+    /// headers (`Content-Length` included) end the stream. HTTP/2 treats DATA frames after a
+    /// HEAD as a protocol error.
+    async fn write_answer(session: &mut Session, resp: ResponseHeader, body: bytes::Bytes) -> Result<()> {
+        let head = session.req_header().method == Method::HEAD;
+        session.write_response_header(Box::new(resp), head).await?;
+        if head {
+            return Ok(());
+        }
+        session.write_response_body(Some(body), true).await
+    }
+
     /// Answers a preflight that `[cors]` allows: 204, no body.
     async fn answer_preflight(session: &mut Session, ctx: &RequestCtx, mut resp: Box<ResponseHeader>) -> Result<()> {
         Self::decorate(&mut resp, ctx)?;
@@ -227,8 +239,7 @@ impl Gateway {
             session.set_keepalive(None);
         }
         ctx.refusal = Some(error);
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await
+        Self::write_answer(session, resp, body).await
     }
 
     /// `builtin:echo`: reads the body (within the limit) and answers with the request as the
@@ -252,8 +263,7 @@ impl Gateway {
             &ctx.request_id,
         )?;
         Self::decorate(&mut resp, ctx)?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await
+        Self::write_answer(session, resp, body).await
     }
 
     fn prepare_upstream(
@@ -417,8 +427,7 @@ impl ProxyHttp for Gateway {
             let written = async {
                 let (mut resp, body) = response?;
                 Self::decorate(&mut resp, ctx)?;
-                session.write_response_header(Box::new(resp), false).await?;
-                session.write_response_body(Some(body), true).await
+                Self::write_answer(session, resp, body).await
             };
             if let Err(write_error) = written.await {
                 tracing::debug!(error = %write_error, "could not send the error response");

@@ -256,7 +256,19 @@ async fn http2_is_negotiated_and_serves() {
         assert_eq!(seen["target"], path);
         assert_eq!(seen["headers"]["x-forwarded-proto"][0], "https");
     }
-    assert_eq!(upstream.hits(), 2);
+    // HEAD over h2: the gateway's own answers end with their headers (DATA frames after a HEAD
+    // are a protocol error in HTTP/2), and the connection stays usable.
+    for path in ["/private", "/three"] {
+        let request = http::Request::head(format!("https://localhost{path}")).body(()).unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), if path == "/private" { 401 } else { 200 });
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            assert!(chunk.unwrap().is_empty(), "no body after a HEAD on {path}");
+        }
+    }
+    assert_eq!(upstream.hits(), 3);
 }
 
 #[tokio::test]
