@@ -77,12 +77,22 @@ impl std::fmt::Debug for CertifiedKey {
     }
 }
 
+/// The certificates of a PEM file (a chain, or a CA bundle), at least one.
+pub fn read_certificates(path: &Path) -> Result<Vec<X509>, String> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let certs = X509::stack_from_pem(&pem).map_err(|_| format!("{shown} is not a PEM certificate file"))?;
+    if certs.is_empty() {
+        return Err(format!("{shown} holds no certificate"));
+    }
+    Ok(certs)
+}
+
 /// Loads and checks one certificate and key: the error names the file and what is wrong.
 pub fn load_certificate(source: &CertificateSource) -> Result<CertifiedKey, String> {
     let cert_path = source.cert.display();
-    let pem = std::fs::read(&source.cert).map_err(|e| format!("cannot read {cert_path}: {e}"))?;
-    let chain = X509::stack_from_pem(&pem).map_err(|_| format!("{cert_path} is not a PEM certificate chain"))?;
-    let leaf = chain.first().ok_or_else(|| format!("{cert_path} holds no certificate"))?;
+    let chain = read_certificates(&source.cert)?;
+    let leaf = &chain[0];
     let (key_pem, key_name) = match &source.key {
         KeySource::File(path) => (
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
@@ -225,17 +235,18 @@ struct SourceState {
 }
 
 impl ListenerTls {
-    /// Loads every certificate; the first error (naming its file) refuses the listener.
+    /// A listener serving `certs`, each loaded (by [`load_certificate`]) from the source at
+    /// the same index, which later reloads read again.
     pub fn new(
-        sources: Vec<CertificateSource>,
+        sources: Vec<(CertificateSource, CertifiedKey)>,
         min_version: MinVersion,
         http2: bool,
         hsts: Option<HeaderValue>,
         client_ca: Option<Vec<X509>>,
-    ) -> Result<ListenerTls, String> {
-        let state = sources.iter().map(|s| SourceState { loaded: Self::stamps(s), failing: None }).collect();
-        let certs = sources.iter().map(|s| load_certificate(s).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
-        Ok(ListenerTls {
+    ) -> ListenerTls {
+        let state = sources.iter().map(|(s, _)| SourceState { loaded: Self::stamps(s), failing: None }).collect();
+        let (sources, certs): (Vec<_>, Vec<_>) = sources.into_iter().map(|(s, c)| (s, Arc::new(c))).unzip();
+        ListenerTls {
             min_version,
             http2,
             hsts,
@@ -243,7 +254,7 @@ impl ListenerTls {
             sources,
             store: ArcSwap::from_pointee(CertStore::new(certs)),
             state: Mutex::new(state),
-        })
+        }
     }
 
     fn stamps(source: &CertificateSource) -> Vec<Option<FileStamp>> {

@@ -304,8 +304,10 @@ async fn page_server(script: String) -> (SocketAddr, mpsc::UnboundedReceiver<Str
                     let (tx, script) = (tx.clone(), script.clone());
                     async move {
                         let body = if req.uri().path() == "/report" {
-                            let query = req.uri().query().unwrap_or("");
-                            let _ = tx.send(urlencoding_decode(query));
+                            // The page sent `encodeURIComponent(outcome)` as the whole query.
+                            let url = reqwest::Url::parse(&format!("http://page{}", req.uri())).unwrap();
+                            let outcome = url.query_pairs().next().map(|(k, _)| k.into_owned()).unwrap_or_default();
+                            let _ = tx.send(outcome);
                             String::new()
                         } else {
                             format!("<!doctype html><title>cors</title><script>{script}</script>")
@@ -324,29 +326,6 @@ async fn page_server(script: String) -> (SocketAddr, mpsc::UnboundedReceiver<Str
         }
     });
     (addr, rx)
-}
-
-fn urlencoding_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap()
 }
 
 /// The browser: Debian's `chromium`, or `$CHROME`.

@@ -503,7 +503,7 @@ fn build_upstream_tls(
     };
     let ca = match section.ca.as_deref() {
         None => None,
-        Some(path) => match super::tls::read_certificates(path) {
+        Some(path) => match crate::tls::read_certificates(std::path::Path::new(path)) {
             Ok(certs) => Some((Arc::new(certs.into_boxed_slice()), path)),
             Err(e) => {
                 p.push(

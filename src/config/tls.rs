@@ -1,15 +1,14 @@
 //! `[listener.tls]`: certificates (loaded and checked here, so `check` and start refuse a bad
 //! one naming its file), the lowest version, ALPN, HSTS and mutual TLS.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::HeaderValue;
-use openssl::x509::X509;
 
 use super::file::TlsSection;
 use super::Problems;
-use crate::tls::{CertificateSource, KeySource, ListenerTls, MinVersion};
+use crate::tls::{read_certificates, CertificateSource, KeySource, ListenerTls, MinVersion};
 
 /// Validates one listener's `[listener.tls]`; `key` is its place, e.g. `listener[1].tls`.
 pub(super) fn build_listener_tls(section: &TlsSection, key: &str, p: &mut Problems<'_>) -> Option<Arc<ListenerTls>> {
@@ -37,7 +36,7 @@ pub(super) fn build_listener_tls(section: &TlsSection, key: &str, p: &mut Proble
         }
         HeaderValue::from_str(value).ok().filter(|_| valid)
     });
-    let client_ca = section.client_ca.as_deref().and_then(|path| match read_certificates(path) {
+    let client_ca = section.client_ca.as_deref().and_then(|path| match read_certificates(Path::new(path)) {
         Ok(cas) => Some(cas),
         Err(e) => {
             p.push(&at("client_ca"), e, "point it at a PEM file of the CA certificates that sign client certificates");
@@ -85,40 +84,23 @@ pub(super) fn build_listener_tls(section: &TlsSection, key: &str, p: &mut Proble
         };
         let source = CertificateSource { cert, key: key_source };
         // Each certificate on its own, so every bad one is reported with its key.
-        if let Err(e) = crate::tls::load_certificate(&source) {
-            p.push(
+        match crate::tls::load_certificate(&source) {
+            Ok(cert) => sources.push((source, cert)),
+            Err(e) => p.push(
                 &format!("{key}.certificate[{i}]"),
                 e,
                 "fix the file, or point cert and key at a matching, current pair",
-            );
-            continue;
+            ),
         }
-        sources.push(source);
     }
     if sources.len() != section.certificate.len() {
         return None;
     }
-    let tls = match ListenerTls::new(sources, min_version, section.http2.unwrap_or(false), hsts, client_ca) {
-        Ok(tls) => Arc::new(tls),
-        Err(e) => {
-            p.push(&at("certificate"), e, "fix the certificate files");
-            return None;
-        }
-    };
+    let tls = Arc::new(ListenerTls::new(sources, min_version, section.http2.unwrap_or(false), hsts, client_ca));
     // Built once here so that start cannot fail on what `check` passed.
     if let Err(e) = tls.settings() {
         p.push(key, e, "check the certificates and client_ca");
         return None;
     }
     Some(tls)
-}
-
-/// The certificates of a PEM file.
-pub(super) fn read_certificates(path: &str) -> Result<Vec<X509>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let certs = X509::stack_from_pem(&pem).map_err(|_| format!("{path} is not a PEM certificate file"))?;
-    if certs.is_empty() {
-        return Err(format!("{path} holds no certificate"));
-    }
-    Ok(certs)
 }
