@@ -147,8 +147,22 @@ pub fn summary(config: &Config) -> String {
             Targets::Echo => ECHO_TARGET.to_string(),
             Targets::Servers(s) => s.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         };
-        let _ = writeln!(out, "  {} -> {}", u.name, targets);
+        let check = match &u.health_check {
+            Some(c) => format!(" (health check GET {} every {})", c.path, humantime::format_duration(c.interval)),
+            None => String::new(),
+        };
+        let _ = writeln!(out, "  {} -> {}{check}", u.name, targets);
     }
+    let _ = match config.process.admin {
+        Some(address) => writeln!(out, "admin: http://{address} (/metrics, /healthz, /readyz)"),
+        None => writeln!(out, "admin: off"),
+    };
+    let log = |d: &crate::logs::Destination| match d {
+        crate::logs::Destination::Off => "off".to_string(),
+        crate::logs::Destination::Stdout => "stdout".to_string(),
+        crate::logs::Destination::File(path) => path.display().to_string(),
+    };
+    let _ = writeln!(out, "logs: access {}, audit {}", log(&config.process.access_log), log(&config.process.audit_log));
     let _ = writeln!(
         out,
         "api keys: {} (read from Authorization: Bearer and {})",

@@ -13,6 +13,7 @@
 //! | `upstream_request_filter` | header hygiene, forwarding and identity headers, canonical path |
 //! | `response_filter`         | request id, CORS and rate-limit headers on the response       |
 //! | `fail_to_proxy`           | 502 / 504 / 413 as JSON                                       |
+//! | `logging`                 | metrics, access log line, audit events                        |
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
@@ -28,8 +29,11 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::Runtime;
-use crate::ctx::{CorsState, RequestCtx};
+use crate::ctx::{CorsState, Exchange, RequestCtx};
 use crate::error::{CorsRejection, GatewayError};
+use crate::logs::access::AccessRecord;
+use crate::logs::{audit, Logs};
+use crate::metrics::METRICS;
 use crate::pipeline::cors::{self, CorsPolicy};
 use crate::pipeline::ratelimit::Caller;
 use crate::pipeline::route::{AuthMode, RouteId};
@@ -54,6 +58,7 @@ pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 pub struct Gateway {
     runtime: SharedRuntime,
     edge: Arc<ListenerEdge>,
+    logs: Arc<Logs>,
 }
 
 /// What the listeners a service serves ask of their responses: fixed at start, like them.
@@ -66,9 +71,10 @@ pub struct ListenerEdge {
 }
 
 impl Gateway {
-    /// A gateway serving whatever `runtime` points at, on listeners that ask for `edge`.
-    pub fn new(runtime: SharedRuntime, edge: ListenerEdge) -> Self {
-        Gateway { runtime, edge: Arc::new(edge) }
+    /// A gateway serving whatever `runtime` points at, on listeners that ask for `edge`,
+    /// writing its access and audit lines to `logs`.
+    pub fn new(runtime: SharedRuntime, edge: ListenerEdge, logs: Arc<Logs>) -> Self {
+        Gateway { runtime, edge: Arc::new(edge), logs }
     }
 
     /// The request-header stages: forward, answer a preflight, or `Err`, the refusal to
@@ -306,6 +312,31 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The `kind` label of `portcullis_upstream_errors_total`.
+pub fn upstream_error_kind(e: &Error) -> &'static str {
+    match e.etype() {
+        ErrorType::ConnectTimedout => "connect_timeout",
+        ErrorType::ConnectRefused => "connect_refused",
+        ErrorType::ConnectNoRoute | ErrorType::ConnectError | ErrorType::BindError | ErrorType::SocketError => {
+            "connect_error"
+        }
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError
+        | ErrorType::TLSWantX509Lookup => "tls",
+        ErrorType::ReadTimedout => "read_timeout",
+        ErrorType::WriteTimedout => "write_timeout",
+        ErrorType::ConnectionClosed => "connection_closed",
+        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error | ErrorType::InvalidH2 => {
+            "protocol_error"
+        }
+        ErrorType::ReadError => "read_error",
+        ErrorType::WriteError => "write_error",
+        _ => "other",
+    }
+}
+
 /// Maps a Pingora error to the refusal the client sees; `None` when the client is gone.
 fn classify(e: &Error) -> Option<GatewayError> {
     match (e.esource(), e.etype()) {
@@ -372,6 +403,10 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let peer = Self::upstream_of(ctx).and_then(|u| u.peer(ctx.rotation_start, ctx.attempts));
         ctx.attempts += 1;
+        let exchange = &mut ctx.upstream;
+        exchange.started.get_or_insert_with(std::time::Instant::now);
+        exchange.target = peer.as_ref().and_then(|p| p._address.as_inet().copied());
+        exchange.connected = false;
         // A retry replays the buffered body through request_body_filter: count it afresh.
         ctx.body_bytes = 0;
         peer.ok_or_else(|| Error::explain(ErrorType::InternalError, "route has no upstream target"))
@@ -384,6 +419,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(upstream) = Self::upstream_of(ctx) {
+            METRICS.upstream_errors.with_label_values(&[&upstream.name, upstream_error_kind(&e)]).inc();
+        }
         // Nothing was sent yet: the next target may take the request.
         if Self::upstream_of(ctx).is_some_and(|u| ctx.attempts < u.attempts()) {
             e.set_retry(true);
@@ -401,6 +439,30 @@ impl ProxyHttp for Gateway {
             .map_err(|_| Error::explain(ErrorType::InternalError, "cannot prepare the upstream request"))
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream.connected = true;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream.status = Some(upstream_response.status.as_u16());
+        ctx.upstream.elapsed = ctx.upstream.started.map(|t| t.elapsed());
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -408,6 +470,41 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         Self::decorate(resp, ctx)
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let exchange = Exchange {
+            ctx,
+            request: session.req_header(),
+            // Nothing was sent: the client left first (nginx's 499).
+            status: session.response_written().map_or(499, |r| r.status.as_u16()),
+            bytes_sent: session.body_bytes_sent(),
+            elapsed: ctx.started.elapsed(),
+            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            protocol: if session.is_http2() { "HTTP/2" } else { "HTTP/1.1" },
+            error,
+        };
+        METRICS.record_exchange(&exchange);
+        if let Some(access) = &self.logs.access {
+            access.write(&AccessRecord::new(&exchange));
+        }
+        if let Some(sink) = &self.logs.audit {
+            audit::record(&exchange, sink);
+        }
+    }
+
+    /// What Pingora's own error log lines say about a request: no query values, no headers but
+    /// the host, redacted.
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        format!(
+            "{} {}, host: {}, request id: {}",
+            req.method,
+            crate::redact::redact_target(target),
+            crate::redact::redact_value(&String::from_utf8_lossy(ctx.host.as_bytes())),
+            ctx.request_id.to_str().unwrap_or("")
+        )
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {

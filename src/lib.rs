@@ -4,32 +4,95 @@
 //! turns that into a Pingora server whose [`gateway::Gateway`] runs the request
 //! [`pipeline`]. `main.rs` is the command line around these.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod ctx;
 pub mod error;
 pub mod gateway;
+pub mod health;
+pub mod logs;
+pub mod metrics;
 pub mod pipeline;
+pub mod redact;
 pub mod tls;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use pingora::apps::HttpServerOptions;
-use pingora::proxy::ProxyServiceBuilder;
+use async_trait::async_trait;
+use pingora::apps::{HttpServerOptions, ServerApp};
+use pingora::protocols::Stream;
+use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::listening::Service;
+use prometheus::{IntCounter, IntGauge};
 
 use config::Config;
 use gateway::{Gateway, SharedRuntime};
+use logs::{LogSink, Logs};
 
 /// How long the runtimes get to stop once the grace period is over.
 pub const SHUTDOWN_TIMEOUT_SECONDS: u64 = 1;
 
+/// A proxy service that counts its client connections (`portcullis_connections_active` and
+/// `portcullis_connections_total`): Pingora calls `process_new` once per accepted connection
+/// (after any TLS handshake) and it returns when the connection ends, keep-alive and HTTP/2
+/// streams included.
+struct CountedConnections {
+    proxy: Arc<HttpProxy<Gateway>>,
+    active: IntGauge,
+    accepted: IntCounter,
+}
+
+impl CountedConnections {
+    fn service(name: &str, proxy: HttpProxy<Gateway>, addresses: &[String]) -> Service<CountedConnections> {
+        let label = addresses.join(",");
+        let app = CountedConnections {
+            proxy: Arc::new(proxy),
+            active: metrics::METRICS.connections_active.with_label_values(&[&label]),
+            accepted: metrics::METRICS.connections.with_label_values(&[&label]),
+        };
+        Service::new(name.to_string(), app)
+    }
+}
+
+#[async_trait]
+impl ServerApp for CountedConnections {
+    async fn process_new(self: &Arc<Self>, session: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        struct Open<'a>(&'a IntGauge);
+        impl Drop for Open<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.accepted.inc();
+        self.active.inc();
+        let _open = Open(&self.active);
+        self.proxy.process_new(session, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.cleanup().await;
+    }
+}
+
+/// Opens the access and audit logs a configuration names.
+pub fn open_logs(config: &Config) -> Result<Logs, String> {
+    let open = |key: &str, name: &'static str, destination| {
+        LogSink::open(name, destination).map_err(|e| format!("{key}: cannot open {destination:?} ({e})"))
+    };
+    Ok(Logs {
+        access: open("log.access", "access", &config.process.access_log)?,
+        audit: open("log.audit", "audit", &config.process.audit_log)?,
+    })
+}
+
 /// Builds the Pingora server for a validated configuration, without starting it.
 ///
 /// Returns the server and the shared runtime pointer that a reload swaps.
-pub fn build_server(config: &Config) -> (Server, SharedRuntime) {
+pub fn build_server(config: &Config, logs: Arc<Logs>) -> (Server, SharedRuntime) {
     let process = &config.process;
     let conf = ServerConf {
         threads: process.threads,
@@ -59,10 +122,10 @@ pub fn build_server(config: &Config) -> (Server, SharedRuntime) {
         let mut options = HttpServerOptions::default();
         options.h2c = h2c;
         let edge = gateway::ListenerEdge { redirect_to, hsts: None };
-        let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(runtime.clone(), edge))
-            .name(if h2c { "portcullis (h2c)" } else { "portcullis" })
-            .server_options(options)
-            .build();
+        let mut proxy = http_proxy(&server.configuration, Gateway::new(runtime.clone(), edge, logs.clone()));
+        proxy.server_options = Some(options);
+        let name = if h2c { "portcullis (h2c)" } else { "portcullis" };
+        let mut service = CountedConnections::service(name, proxy, &addresses);
         for address in &addresses {
             service.add_tcp(address);
         }
@@ -82,9 +145,8 @@ pub fn build_server(config: &Config) -> (Server, SharedRuntime) {
             }
         };
         let edge = gateway::ListenerEdge { redirect_to: None, hsts: tls.hsts.clone() };
-        let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(runtime.clone(), edge))
-            .name("portcullis (tls)")
-            .build();
+        let proxy = http_proxy(&server.configuration, Gateway::new(runtime.clone(), edge, logs.clone()));
+        let mut service = CountedConnections::service("portcullis (tls)", proxy, &[listener.address.to_string()]);
         service.add_tls_with_settings(&listener.address.to_string(), None, settings);
         server.add_service(service);
         watched.push(tls.clone());
@@ -100,14 +162,39 @@ pub fn build_server(config: &Config) -> (Server, SharedRuntime) {
         let refresher = pipeline::auth::jwks::JwksRefresher::new(remote_key_sets);
         server.add_service(pingora::services::background::background_service("jwks refresh", refresher));
     }
+    health::HealthChecker::publish(&config.runtime);
+    if health::HealthChecker::has_work(&config.runtime) {
+        let checker = health::HealthChecker::new(config.runtime.clone());
+        server.add_service(pingora::services::background::background_service("health checks", checker));
+    }
+    if let Some(address) = process.admin {
+        let mut admin = Service::new("portcullis admin".to_string(), admin::AdminApp::new(runtime.clone()));
+        admin.add_tcp(&address.to_string());
+        // One thread is plenty for scrapes and probes, and keeps them off the proxy's threads.
+        admin.threads = Some(1);
+        server.add_service(admin);
+    }
     (server, runtime)
 }
 
 /// Starts the gateway and serves until a signal stops it.
 pub fn run(config: Config) -> ! {
-    let (server, _runtime) = build_server(&config);
+    let logs = match open_logs(&config) {
+        Ok(logs) => Arc::new(logs),
+        Err(error) => {
+            eprintln!("portcullis: {error}; check the path and its permissions; nothing was started");
+            std::process::exit(i32::from(cli::EXIT_CONFIG));
+        }
+    };
+    if let Some(sink) = &logs.audit {
+        logs::audit::config_loaded(sink, &config.files);
+    }
+    let (server, _runtime) = build_server(&config, logs);
     for listener in &config.process.listeners {
         tracing::info!(address = %listener.address, h2c = listener.h2c, tls = listener.tls.is_some(), "listening");
+    }
+    if let Some(address) = config.process.admin {
+        tracing::info!(%address, "admin listener: /metrics, /healthz, /readyz");
     }
     server.run_forever()
 }

@@ -78,9 +78,26 @@ fn run_keys(command: &KeysCommand) -> ExitCode {
     }
 }
 
-/// Structured (JSON lines) logs on stderr; `RUST_LOG` overrides `[log] level`.
+/// Structured (JSON lines) logs on stderr, every line redacted; `RUST_LOG` overrides
+/// `[log] level`. Pingora's own `log` records arrive here too.
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(|| RedactedStderr).init();
+}
+
+/// Stderr through [`portcullis::redact::redact`]. The formatter writes each event with one
+/// `write_all`, so each call holds whole lines.
+struct RedactedStderr;
+
+impl std::io::Write for RedactedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(portcullis::redact::redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }

@@ -71,6 +71,28 @@ fn summary_lists_listeners_upstreams_and_routes() {
 }
 
 #[test]
+fn summary_shows_admin_logs_and_health_checks() {
+    let (code, out, _) = check(BASE);
+    assert_eq!(code, 0);
+    assert!(out.contains("admin: off") && out.contains("logs: access off, audit off"), "{out}");
+    let observed = BASE.replace(
+        "targets = [\"127.0.0.1:9000\"]",
+        "targets = [\"127.0.0.1:9000\"]\nhealth_check = { path = \"/health\" }",
+    ) + "\n[admin]\n[log]\naccess = \"stdout\"\naudit = \"/tmp/portcullis-audit.jsonl\"\n";
+    let (code, out, err) = check(&observed);
+    assert_eq!(code, 0, "{err}");
+    for part in [
+        "admin: http://127.0.0.1:9100 (/metrics, /healthz, /readyz)",
+        "logs: access stdout, audit /tmp/portcullis-audit.jsonl",
+        "api -> 127.0.0.1:9000 (health check GET /health every 5s)",
+    ] {
+        assert!(out.contains(part), "summary lacks {part:?}:\n{out}");
+    }
+    // check opens nothing: the audit file was not created.
+    assert!(!std::path::Path::new("/tmp/portcullis-audit.jsonl").exists());
+}
+
+#[test]
 fn version_and_default_subcommand() {
     let (code, out, _) = run_cli(&["--version"], None);
     assert_eq!(code, 0);
@@ -156,6 +178,35 @@ fn each_bad_config_is_refused_naming_its_key() {
             "not in server.allowed_hosts",
         ),
         (BASE.replace("auth = \"none\"", "auth = \"maybe\""), "route[0].auth", "not an auth mode"),
+        (format!("{BASE}\n[admin]\naddress = \"127.0.0.1:8080\"\n"), "admin.address", "overlaps the public listener"),
+        (format!("{BASE}\n[admin]\naddress = \"0.0.0.0:8080\"\n"), "admin.address", "overlaps the public listener"),
+        (format!("{BASE}\n[admin]\naddress = \"localhost:9100\"\n"), "admin.address", "not an IP:port"),
+        (format!("{BASE}\n[log]\naudit = \"/nonexistent-dir/audit.jsonl\"\n"), "log.audit", "does not exist"),
+        (format!("{BASE}\n[log]\naccess = \"/tmp\"\n"), "log.access", "is a directory"),
+        (format!("{BASE}\n[log]\naccess = \"a.jsonl\"\naudit = \"a.jsonl\"\n"), "log.audit", "same file"),
+        (
+            BASE.replace("targets = [\"127.0.0.1:9000\"]", "targets = [\"127.0.0.1:9000\"]\nhealth_check = { interval = \"5s\" }"),
+            "upstream[0].health_check.path",
+            "missing",
+        ),
+        (
+            BASE.replace("targets = [\"127.0.0.1:9000\"]", "targets = [\"127.0.0.1:9000\"]\nhealth_check = { path = \"health\" }"),
+            "upstream[0].health_check.path",
+            "not an absolute path",
+        ),
+        (
+            BASE.replace(
+                "targets = [\"127.0.0.1:9000\"]",
+                "targets = [\"127.0.0.1:9000\"]\nhealth_check = { path = \"/h\", unhealthy_threshold = 0 }",
+            ),
+            "upstream[0].health_check.unhealthy_threshold",
+            "is 0",
+        ),
+        (
+            BASE.replace("targets = [\"127.0.0.1:9000\"]", "targets = [\"builtin:echo\"]\nhealth_check = { path = \"/h\" }"),
+            "upstream[0].health_check",
+            "nothing to check",
+        ),
         (BASE.replace("auth = \"none\"", "auth = \"none\"\npermissions = [\"read_models\"]"), "route[0].permissions", "auth = \"none\""),
         (BASE.replace("auth = \"none\"", "auth = \"required\"\npermissions = [\"a,b\"]"), "route[0].permissions[0]", "not a permission name"),
         (format!("{BASE}\n[auth]\napi_key_headers = [\"Authorization\"]\n"), "auth.api_key_headers[0]", "always read"),

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::redact::redact;
+
 /// One problem found in the configuration.
 ///
 /// Displayed as `FILE: KEY: what is wrong; how to fix it`, the format `portcullis check` prints.
@@ -20,10 +22,12 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A value in the wrong place may be a secret: messages are redacted like log lines.
+        let (problem, fix) = (redact(&self.problem), redact(&self.fix));
         if self.key.is_empty() {
-            write!(f, "{}: {}; {}", self.file, self.problem, self.fix)
+            write!(f, "{}: {problem}; {fix}", self.file)
         } else {
-            write!(f, "{}: {}: {}; {}", self.file, self.key, self.problem, self.fix)
+            write!(f, "{}: {}: {problem}; {fix}", self.file, self.key)
         }
     }
 }

@@ -5,8 +5,6 @@
 //! vanished), and every value that needs parsing (durations, sizes, addresses) stays a string here
 //! so that [`super::runtime`] can report a bad value with the key that holds it and how to fix it.
 //!
-//! Tables for stages that this version does not implement yet are still mirrored in full, so that
-//! their keys are checked, and then refused by validation with a "not supported yet" error.
 
 use serde::Deserialize;
 
@@ -120,7 +118,7 @@ pub struct AdminSection {
 pub struct LogSection {
     /// Access log: `"stdout"`, `"off"` or a file path.
     pub access: Option<String>,
-    /// Audit log: `"off"` or a file path.
+    /// Audit log: `"stdout"`, `"off"` or a file path.
     pub audit: Option<String>,
     /// `error`, `warn`, `info`, `debug` or `trace`.
     pub level: Option<String>,
@@ -166,6 +164,12 @@ pub struct HealthCheckSection {
     pub path: Option<String>,
     /// Probe period.
     pub interval: Option<String>,
+    /// Longest a probe may take.
+    pub timeout: Option<String>,
+    /// Consecutive passes that make a failing target healthy.
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failures that make a healthy target unhealthy.
+    pub unhealthy_threshold: Option<u32>,
 }
 
 /// `[cors]`.

@@ -253,15 +253,6 @@ impl<'a> Problems<'a> {
         self.errors.push(self.sources.error(key, problem, fix));
     }
 
-    /// Records that the table at `key` holds a feature this version does not implement yet.
-    pub fn unsupported(&mut self, key: &str, what: &str) {
-        self.push(
-            key,
-            format!("{what} is not supported yet by portcullis {}", env!("CARGO_PKG_VERSION")),
-            "remove it; the gateway refuses to start rather than ignore it",
-        );
-    }
-
     /// Whether nothing was found.
     pub fn is_empty(&self) -> bool {
         self.errors.is_empty()

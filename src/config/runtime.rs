@@ -16,10 +16,11 @@ use ipnet::IpNet;
 
 use super::auth::build_auth;
 use super::edge::{build_auth_failure_limit, build_cors, build_policies};
-use super::file::{FileConfig, RouteSection, UpstreamSection};
+use super::file::{FileConfig, HealthCheckSection, RouteSection, UpstreamSection};
 use super::tls::build_listener_tls;
 use super::units::{parse_duration, parse_size};
 use super::{ConfigErrors, Problems, Sources};
+use crate::logs::Destination;
 use crate::pipeline::auth::Authenticator;
 use crate::pipeline::client::TrustedProxies;
 use crate::pipeline::cors::CorsPolicy;
@@ -27,7 +28,7 @@ use crate::pipeline::host::{HostAllowList, HostPattern};
 use crate::pipeline::path;
 use crate::pipeline::ratelimit::{policy_header, Policy, PolicyId, RateLimiter, MAX_POLICIES_PER_ROUTE};
 use crate::pipeline::route::{AuthMode, Route, RouteTable};
-use crate::pipeline::upstream::{Targets, Upstream, UpstreamTls};
+use crate::pipeline::upstream::{HealthCheck, Targets, Upstream, UpstreamTls};
 use crate::tls::ListenerTls;
 
 /// `server.max_body_size` when unset: large enough for API payloads, small enough to refuse
@@ -51,6 +52,16 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// `log.level` when unset.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// `admin.address` when `[admin]` is present without one: loopback only.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9100";
+/// `health_check.interval` when unset.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// `health_check.timeout` when unset.
+pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// `health_check.healthy_threshold` when unset (HAProxy's `rise`).
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// `health_check.unhealthy_threshold` when unset (HAProxy's `fall`).
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 /// The target that makes the gateway answer with the request it would forward.
 pub const ECHO_TARGET: &str = "builtin:echo";
 
@@ -106,6 +117,12 @@ pub struct ProcessSettings {
     pub listeners: Vec<Listener>,
     /// Log filter (`info`, `debug`, ...).
     pub log_level: String,
+    /// `[admin] address`: the metrics and health listener, when configured.
+    pub admin: Option<SocketAddr>,
+    /// `[log] access`.
+    pub access_log: Destination,
+    /// `[log] audit`.
+    pub audit_log: Destination,
 }
 
 /// One validated `[[listener]]`.
@@ -150,7 +167,6 @@ pub struct Runtime {
 /// Validates a parsed configuration.
 pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Result<Config, ConfigErrors> {
     let mut p = Problems::new(sources);
-    refuse_unsupported(file, &mut p);
 
     let server = &file.server;
     let environment = match server.environment.as_deref() {
@@ -222,6 +238,17 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
 
     let listeners = build_listeners(file, &mut p);
     let log_level = build_log_level(file, &mut p);
+    let admin = build_admin(file, &listeners, &mut p);
+    let log = file.log.as_ref();
+    let access_log = build_log_destination("log.access", log.and_then(|l| l.access.as_deref()), &mut p);
+    let audit_log = build_log_destination("log.audit", log.and_then(|l| l.audit.as_deref()), &mut p);
+    if let (Destination::File(a), Destination::File(b)) = (&access_log, &audit_log) {
+        // Two writers appending to one file would interleave partial lines (devices such as
+        // /dev/null are fine).
+        if a == b && !a.starts_with("/dev/") {
+            p.push("log.audit", "is the same file as log.access", "give the audit log its own file");
+        }
+    }
     let (upstreams, upstream_index) = build_upstreams(&file.upstream, &mut p);
     let auth = build_auth(file.auth.as_ref(), &mut p);
     let cors = file.cors.as_ref().map(|section| {
@@ -264,28 +291,64 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
         routes: RouteTable::new(routes),
         upstreams,
     };
-    let process = ProcessSettings { threads, upstream_keepalive_pool_size, shutdown_grace, listeners, log_level };
+    let process = ProcessSettings {
+        threads,
+        upstream_keepalive_pool_size,
+        shutdown_grace,
+        listeners,
+        log_level,
+        admin,
+        access_log,
+        audit_log,
+    };
     p.finish(Config { files, process, runtime: Arc::new(runtime) })
 }
 
-/// Tables and keys whose stage this version does not have: refused, never ignored.
-fn refuse_unsupported(file: &FileConfig, p: &mut Problems<'_>) {
-    if file.admin.is_some() {
-        p.unsupported("admin", "the [admin] listener (metrics and health endpoints)");
+/// `[admin] address`: loopback port 9100 by default, never a public listener's address.
+fn build_admin(file: &FileConfig, listeners: &[Listener], p: &mut Problems<'_>) -> Option<SocketAddr> {
+    let section = file.admin.as_ref()?;
+    let address = section.address.as_deref().unwrap_or(DEFAULT_ADMIN_ADDRESS);
+    let Ok(addr) = address.parse::<SocketAddr>() else {
+        p.push(
+            "admin.address",
+            format!("\"{address}\" is not an IP:port"),
+            format!("write an address such as \"{DEFAULT_ADMIN_ADDRESS}\""),
+        );
+        return None;
+    };
+    let overlaps = |l: &&Listener| {
+        l.address.port() == addr.port()
+            && (l.address.ip() == addr.ip() || l.address.ip().is_unspecified() || addr.ip().is_unspecified())
+    };
+    if let Some(public) = listeners.iter().find(overlaps) {
+        p.push(
+            "admin.address",
+            format!(
+                "{addr} overlaps the public listener {}: metrics and health would be served to clients",
+                public.address
+            ),
+            format!("give the admin listener its own port, e.g. \"{DEFAULT_ADMIN_ADDRESS}\""),
+        );
+        return None;
     }
-    if let Some(log) = &file.log {
-        if log.access.as_deref().is_some_and(|v| v != "off") {
-            p.unsupported("log.access", "the access log");
+    Some(addr)
+}
+
+/// `[log] access` / `[log] audit`: `"off"` (the default), `"stdout"` or a file path whose
+/// directory exists.
+fn build_log_destination(key: &str, value: Option<&str>, p: &mut Problems<'_>) -> Destination {
+    let destination = match value.map(Destination::parse) {
+        None => return Destination::Off,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            p.push(key, e, "write \"off\", \"stdout\" or a file path");
+            return Destination::Off;
         }
-        if log.audit.as_deref().is_some_and(|v| v != "off") {
-            p.unsupported("log.audit", "the audit log");
-        }
+    };
+    if let Err(e) = destination.check() {
+        p.push(key, e, "create the directory, or give a path in an existing one");
     }
-    for (i, u) in file.upstream.iter().enumerate() {
-        if u.health_check.is_some() {
-            p.unsupported(&format!("upstream[{i}].health_check"), "upstream health checks");
-        }
-    }
+    destination
 }
 
 fn duration(p: &mut Problems<'_>, key: &str, value: Option<&str>, default: Duration) -> Duration {
@@ -457,10 +520,54 @@ fn build_upstreams(sections: &[UpstreamSection], p: &mut Problems<'_>) -> (Vec<U
                 None => upstream,
             },
         };
+        let upstream = match &u.health_check {
+            None => upstream,
+            Some(_) if matches!(upstream.targets, Targets::Echo) => {
+                p.push(&key("health_check"), "is set on builtin:echo, which has nothing to check", "remove it");
+                upstream
+            }
+            Some(section) => match build_health_check(section, &key("health_check"), p) {
+                Some(check) => upstream.with_health_check(check),
+                None => upstream,
+            },
+        };
         index.insert(name.to_string(), upstreams.len());
         upstreams.push(upstream);
     }
     (upstreams, index)
+}
+
+/// `health_check = { path, interval, timeout, healthy_threshold, unhealthy_threshold }`.
+fn build_health_check(section: &HealthCheckSection, key: &str, p: &mut Problems<'_>) -> Option<HealthCheck> {
+    let path = match section.path.as_deref() {
+        None => {
+            p.push(&format!("{key}.path"), "is missing", "give the path to probe, e.g. path = \"/health\"");
+            return None;
+        }
+        Some(path) if !path.starts_with('/') || path.bytes().any(|b| !b.is_ascii_graphic()) => {
+            p.push(
+                &format!("{key}.path"),
+                format!("\"{path}\" is not an absolute path"),
+                "write a path such as \"/health\" (a query is allowed, spaces are not)",
+            );
+            return None;
+        }
+        Some(path) => path,
+    };
+    let interval = duration(p, &format!("{key}.interval"), section.interval.as_deref(), DEFAULT_HEALTH_CHECK_INTERVAL);
+    let timeout = duration(p, &format!("{key}.timeout"), section.timeout.as_deref(), DEFAULT_HEALTH_CHECK_TIMEOUT);
+    let threshold = |name: &str, value: Option<u32>, default: u32, p: &mut Problems<'_>| match value {
+        None => default,
+        Some(0) => {
+            p.push(&format!("{key}.{name}"), "is 0", "give at least 1");
+            default
+        }
+        Some(n) => n,
+    };
+    let healthy_threshold = threshold("healthy_threshold", section.healthy_threshold, DEFAULT_HEALTHY_THRESHOLD, p);
+    let unhealthy_threshold =
+        threshold("unhealthy_threshold", section.unhealthy_threshold, DEFAULT_UNHEALTHY_THRESHOLD, p);
+    Some(HealthCheck { path: path.into(), interval, timeout, healthy_threshold, unhealthy_threshold })
 }
 
 /// `tls = { sni, ca }`: `sni` defaults to the first target's host name.

@@ -1,11 +1,16 @@
-//! Upstream choice: round robin over an upstream's targets, with its timeouts.
+//! Upstream choice: round robin over an upstream's healthy targets, with its timeouts.
 //!
 //! Targets are resolved once at config load, so the request path never waits on DNS. A connect
 //! failure moves on to the next target (at most once per target); an error after the request
 //! was sent is not retried, since the upstream may have acted on it.
+//!
+//! With a `health_check`, targets that fail it are tried only after every passing one (and
+//! only when all have failed does a request go to them at all, as Envoy's panic mode does:
+//! a health check that is wrong must not take the whole upstream out). Until its first probe
+//! answers, a target is routable but not counted healthy by `/readyz`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +43,62 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// TLS to the targets, verified.
     pub tls: Option<UpstreamTls>,
+    /// Active health checking, when configured.
+    pub health_check: Option<HealthCheck>,
+    /// Each target's health, as the health checker last saw it.
+    pub health: Arc<[TargetHealth]>,
     next: AtomicUsize,
+}
+
+/// `health_check = { path, interval, timeout, healthy_threshold, unhealthy_threshold }`.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// Path probed with GET; a 2xx answer passes.
+    pub path: Box<str>,
+    /// Time between probes of a target.
+    pub interval: Duration,
+    /// Longest a probe may take, connection included.
+    pub timeout: Duration,
+    /// Consecutive passes that make a failing target healthy again.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a healthy target out of rotation.
+    pub unhealthy_threshold: u32,
+}
+
+/// A target's health: unknown until its first probe, then healthy or unhealthy.
+#[derive(Debug, Default)]
+pub struct TargetHealth(AtomicU8);
+
+/// A target's health state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Not probed yet (or not checked at all).
+    Unknown,
+    /// Passing.
+    Healthy,
+    /// Failing: tried only when no target passes.
+    Unhealthy,
+}
+
+impl TargetHealth {
+    /// The current state.
+    pub fn get(&self) -> Health {
+        match self.0.load(Ordering::Relaxed) {
+            1 => Health::Healthy,
+            2 => Health::Unhealthy,
+            _ => Health::Unknown,
+        }
+    }
+
+    /// Sets the state (the health checker's job).
+    pub fn set(&self, health: Health) {
+        let v = match health {
+            Health::Unknown => 0,
+            Health::Healthy => 1,
+            Health::Unhealthy => 2,
+        };
+        self.0.store(v, Ordering::Relaxed);
+    }
 }
 
 /// `[upstream] tls`: the name sent (SNI) and verified, and the CAs trusted (the system's when
@@ -63,6 +123,10 @@ impl Upstream {
         write_timeout: Duration,
         idle_timeout: Duration,
     ) -> Self {
+        let count = match &targets {
+            Targets::Echo => 0,
+            Targets::Servers(s) => s.len(),
+        };
         Upstream {
             name,
             targets,
@@ -71,8 +135,56 @@ impl Upstream {
             write_timeout,
             idle_timeout,
             tls: None,
+            health_check: None,
+            health: (0..count).map(|_| TargetHealth::default()).collect(),
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// The same upstream, health-checked.
+    pub fn with_health_check(mut self, check: HealthCheck) -> Self {
+        self.health_check = Some(check);
+        self
+    }
+
+    /// Targets that pass the health check; all of them when there is none (`builtin:echo`
+    /// counts as one).
+    pub fn healthy_targets(&self) -> usize {
+        match (&self.targets, &self.health_check) {
+            (Targets::Echo, _) => 1,
+            (Targets::Servers(s), None) => s.len(),
+            (Targets::Servers(_), Some(_)) => self.health.iter().filter(|h| h.get() == Health::Healthy).count(),
+        }
+    }
+
+    /// How many targets there are (`builtin:echo` counts as one).
+    pub fn target_count(&self) -> usize {
+        match &self.targets {
+            Targets::Echo => 1,
+            Targets::Servers(s) => s.len(),
+        }
+    }
+
+    /// The target index for the `attempt`-th try of a request whose rotation starts at
+    /// `start`: the routable targets in rotation order, then the failing ones.
+    fn pick(&self, servers: usize, start: usize, attempt: usize) -> usize {
+        let rotated = |i: usize| start.wrapping_add(i) % servers;
+        if self.health_check.is_none() {
+            return rotated(attempt);
+        }
+        let mut remaining = attempt;
+        for routable in [true, false] {
+            for i in 0..servers {
+                let index = rotated(i);
+                if (self.health[index].get() != Health::Unhealthy) == routable {
+                    if remaining == 0 {
+                        return index;
+                    }
+                    remaining -= 1;
+                }
+            }
+        }
+        rotated(attempt)
     }
 
     /// The same upstream, reached over TLS.
@@ -97,7 +209,14 @@ impl Upstream {
     /// The peer for the `attempt`-th try of a request whose rotation starts at `start`.
     pub fn peer(&self, start: usize, attempt: usize) -> Option<Box<HttpPeer>> {
         let Targets::Servers(servers) = &self.targets else { return None };
-        let addr = *servers.get(start.wrapping_add(attempt) % servers.len())?;
+        if servers.is_empty() {
+            return None;
+        }
+        self.peer_for(servers[self.pick(servers.len(), start, attempt)])
+    }
+
+    /// The peer for the target at `addr`, with this upstream's TLS and timeouts.
+    pub fn peer_for(&self, addr: SocketAddr) -> Option<Box<HttpPeer>> {
         let mut peer = match &self.tls {
             None => HttpPeer::new(addr, false, String::new()),
             Some(tls) => {
@@ -136,5 +255,37 @@ mod tests {
         assert_ne!(port(a, 0), port(b, 0));
         assert_ne!(port(a, 0), port(a, 1));
         assert_eq!(u.attempts(), 2);
+    }
+
+    #[test]
+    fn failing_targets_come_last() {
+        let servers: Vec<SocketAddr> = (1..=3).map(|p| SocketAddr::from(([127, 0, 0, 1], p))).collect();
+        let s = Duration::from_secs(1);
+        let check = HealthCheck {
+            path: "/health".into(),
+            interval: s,
+            timeout: s,
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+        };
+        let u = Upstream::new("u".into(), Targets::Servers(servers), s, s, s, s).with_health_check(check);
+        let port = |start, attempt| u.peer(start, attempt).unwrap()._address.as_inet().unwrap().port();
+        // Unknown targets are routable, not healthy.
+        assert_eq!(u.healthy_targets(), 0);
+        assert_eq!((port(0, 0), port(1, 0), port(2, 0)), (1, 2, 3));
+        u.health[1].set(Health::Unhealthy);
+        u.health[0].set(Health::Healthy);
+        assert_eq!(u.healthy_targets(), 1);
+        // Every rotation skips port 2 until the routable ones are used up.
+        for start in 0..6 {
+            assert_ne!(port(start, 0), 2);
+            assert_ne!(port(start, 1), 2);
+            assert_eq!(port(start, 2), 2);
+        }
+        // All failing: requests still go somewhere, in rotation.
+        for h in u.health.iter() {
+            h.set(Health::Unhealthy);
+        }
+        assert_eq!((port(0, 0), port(1, 0), port(2, 0)), (1, 2, 3));
     }
 }

@@ -29,6 +29,8 @@ use pingora::services::background::BackgroundService;
 use serde::Deserialize;
 use tokio::sync::{watch, Notify};
 
+use crate::metrics::METRICS;
+
 use super::jwt::{KeySet, VerifyKey};
 
 /// The largest JWKS document read.
@@ -229,14 +231,20 @@ impl RemoteJwks {
             Ok((jwks, keys)) if current.as_ref() != Some(&jwks) => {
                 let generation = self.generation() + 1;
                 tracing::info!(issuer, url, keys = keys.len(), generation, "JWKS loaded");
+                METRICS.jwks_refresh.with_label_values(&[issuer, "updated"]).inc();
                 self.keys.store(Arc::new(KeySet { generation, keys }));
                 *current = Some(jwks);
             }
-            Ok(_) => tracing::debug!(issuer, url, "JWKS unchanged"),
+            Ok(_) => {
+                tracing::debug!(issuer, url, "JWKS unchanged");
+                METRICS.jwks_refresh.with_label_values(&[issuer, "unchanged"]).inc();
+            }
             Err(error) if current.is_some() => {
+                METRICS.jwks_refresh.with_label_values(&[issuer, "failure"]).inc();
                 tracing::warn!(issuer, url, %error, "JWKS refresh failed; keeping the last good key set")
             }
             Err(error) => {
+                METRICS.jwks_refresh.with_label_values(&[issuer, "failure"]).inc();
                 tracing::warn!(issuer, url, %error, "JWKS fetch failed; tokens of this issuer are refused until one succeeds")
             }
         }

@@ -297,6 +297,44 @@ impl Authenticator {
         }
     }
 
+    /// Who `principal` is, for logs.
+    pub fn summary<'a>(&'a self, principal: &'a Principal) -> PrincipalSummary<'a> {
+        match principal {
+            Principal::ApiKey(i) => {
+                let key = self.keys.get(*i);
+                PrincipalSummary {
+                    method: "api_key",
+                    key_id: Some(&key.id),
+                    subject: key.subject_header.as_bytes(),
+                    issuer: None,
+                }
+            }
+            Principal::Jwt(id) => PrincipalSummary {
+                method: "jwt",
+                key_id: None,
+                subject: id.subject.as_bytes(),
+                issuer: self.jwt.issuers.get(id.issuer).map(|i| &*i.name),
+            },
+            Principal::Certificate(cert) => {
+                PrincipalSummary { method: "mtls", key_id: None, subject: cert.subject.as_bytes(), issuer: None }
+            }
+        }
+    }
+
+    /// What credential a request presented, for metrics and the audit log of a failure: its
+    /// kind, and for an API key of at least 16 characters its first 4 (never more).
+    pub fn presented(&self, headers: &HeaderMap) -> Presented {
+        match self.credential(headers) {
+            Ok(Credential::None) => Presented { method: "none", key_prefix: None },
+            Ok(Credential::Jwt(_)) => Presented { method: "jwt", key_prefix: None },
+            Ok(Credential::ApiKey(key)) => {
+                let prefix = key.get(..4).filter(|_| key.len() >= 16).filter(|p| p.iter().all(u8::is_ascii_graphic));
+                Presented { method: "api_key", key_prefix: prefix.map(|p| String::from_utf8_lossy(p).into_owned()) }
+            }
+            Err(_) => Presented { method: "unknown", key_prefix: None },
+        }
+    }
+
     fn credential<'h>(&self, headers: &'h HeaderMap) -> Result<Credential<'h>, AuthFailure> {
         let mut found: Option<&'h [u8]> = None;
         for name in &self.api_key_headers {
@@ -344,6 +382,28 @@ pub struct Identity<'a> {
     pub permissions: &'a HeaderValue,
     /// The `claims_to_headers` headers (JWTs).
     pub claims: &'a [(HeaderName, HeaderValue)],
+}
+
+/// A verified caller as logs show it.
+#[derive(Debug)]
+pub struct PrincipalSummary<'a> {
+    /// `api_key`, `jwt` or `mtls`.
+    pub method: &'static str,
+    /// The API key's id.
+    pub key_id: Option<&'a str>,
+    /// The subject (raw bytes of the identity header; redact before logging).
+    pub subject: &'a [u8],
+    /// The JWT issuer's configured name.
+    pub issuer: Option<&'a str>,
+}
+
+/// A credential as presented, for the log of a failure.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Presented {
+    /// `api_key`, `jwt`, `none`, or `unknown` (unreadable).
+    pub method: &'static str,
+    /// The first 4 characters of an API key of 16 or more (printable ASCII only).
+    pub key_prefix: Option<String>,
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive, one space, no spaces in the token).
@@ -444,6 +504,18 @@ mod tests {
             failure(&a, AuthMode::Required, &[("authorization", "Bearer a.b.c")]),
             AuthFailure::UnsupportedToken
         );
+    }
+
+    #[test]
+    fn presented_credentials_reveal_at_most_four_characters() {
+        let a = auth();
+        let p = a.presented(&headers(&[("x-api-key", "pcs_0123456789abcdef")]));
+        assert_eq!(p, Presented { method: "api_key", key_prefix: Some("pcs_".into()) });
+        // A short key would be given away by its first characters: no prefix.
+        assert_eq!(a.presented(&headers(&[("x-api-key", "short-key")])).key_prefix, None);
+        assert_eq!(a.presented(&headers(&[("authorization", "Bearer a.b.c")])).method, "jwt");
+        assert_eq!(a.presented(&headers(&[])).method, "none");
+        assert_eq!(a.presented(&headers(&[("authorization", "Basic dTpw")])).method, "unknown");
     }
 
     #[test]

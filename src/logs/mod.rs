@@ -1,0 +1,183 @@
+//! The access and audit logs: JSON lines, written off the request path.
+//!
+//! The request path serialises a line and hands it to a bounded queue ([`LogSink::write`]
+//! never blocks); one thread per log drains the queue in batches and writes them. A full queue
+//! (the disk or the reader of stdout cannot keep up) or a failed write (a full disk) drops lines
+//! and counts them in `portcullis_log_lines_dropped_total{log,reason}`: the gateway never stalls
+//! or stops because a log cannot be written.
+//!
+//! Every client-supplied value is redacted by [`crate::redact`] before it is serialised.
+
+pub mod access;
+pub mod audit;
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+use serde::Serialize;
+
+use crate::metrics::METRICS;
+
+/// Lines waiting to be written before new ones are dropped.
+pub const QUEUE_LINES: usize = 16 * 1024;
+/// The most bytes written in one batch.
+const BATCH_BYTES: usize = 64 * 1024;
+/// The least time between two warnings about a failing log.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Where a log goes: `[log] access` / `[log] audit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// `"off"` (the default): not written.
+    Off,
+    /// `"stdout"`.
+    Stdout,
+    /// A file, appended to (created with mode 0640).
+    File(PathBuf),
+}
+
+impl Destination {
+    /// Parses `"off"`, `"stdout"` or a path.
+    pub fn parse(value: &str) -> Result<Destination, &'static str> {
+        match value {
+            "off" => Ok(Destination::Off),
+            "stdout" => Ok(Destination::Stdout),
+            "" => Err("is empty"),
+            path => Ok(Destination::File(PathBuf::from(path))),
+        }
+    }
+
+    /// Checks, without creating anything, that the file could be opened: its directory exists
+    /// and it is not a directory itself.
+    pub fn check(&self) -> Result<(), String> {
+        let Destination::File(path) = self else { return Ok(()) };
+        if path.is_dir() {
+            return Err(format!("\"{}\" is a directory", path.display()));
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(format!("the directory \"{}\" does not exist", parent.display()));
+        }
+        Ok(())
+    }
+}
+
+/// One log's queue; the writing thread ends when the sink is dropped.
+#[derive(Debug)]
+pub struct LogSink {
+    tx: SyncSender<Vec<u8>>,
+    queue_full: IntCounter,
+    closed: IntCounter,
+}
+
+impl LogSink {
+    /// Opens `destination` and starts its writer thread; `None` when the log is off.
+    pub fn open(name: &'static str, destination: &Destination) -> io::Result<Option<LogSink>> {
+        let out: Box<dyn Write + Send> = match destination {
+            Destination::Off => return Ok(None),
+            Destination::Stdout => Box::new(io::stdout()),
+            Destination::File(path) => Box::new(OpenOptions::new().create(true).append(true).mode(0o640).open(path)?),
+        };
+        let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
+        let write_error = METRICS.log_lines_dropped.with_label_values(&[name, "write_error"]);
+        std::thread::Builder::new().name(format!("{name}-log")).spawn(move || drain(name, rx, out, write_error))?;
+        Ok(Some(LogSink {
+            tx,
+            queue_full: METRICS.log_lines_dropped.with_label_values(&[name, "queue_full"]),
+            closed: METRICS.log_lines_dropped.with_label_values(&[name, "write_error"]),
+        }))
+    }
+
+    /// Queues `record` as one JSON line; drops it (counted) when the queue is full.
+    pub fn write<T: Serialize>(&self, record: &T) {
+        let mut line = Vec::with_capacity(384);
+        if serde_json::to_writer(&mut line, record).is_err() {
+            return;
+        }
+        line.push(b'\n');
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.queue_full.inc(),
+            Err(TrySendError::Disconnected(_)) => self.closed.inc(),
+        }
+    }
+}
+
+/// The writer thread: batches queued lines, writes and flushes them; a failed write drops its
+/// batch and is counted, with a warning at most once a minute.
+fn drain(name: &'static str, rx: Receiver<Vec<u8>>, mut out: Box<dyn Write + Send>, write_error: IntCounter) {
+    let mut batch = Vec::with_capacity(BATCH_BYTES);
+    let mut last_warning: Option<Instant> = None;
+    while let Ok(first) = rx.recv() {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        let mut lines = 1;
+        while batch.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(line) => {
+                    batch.extend_from_slice(&line);
+                    lines += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = out.write_all(&batch).and_then(|()| out.flush()) {
+            write_error.inc_by(lines);
+            if last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                last_warning = Some(Instant::now());
+                tracing::warn!(log = name, %error, "cannot write the log; lines are dropped and counted in portcullis_log_lines_dropped_total");
+            }
+        }
+    }
+}
+
+/// The access and audit logs of a running gateway.
+#[derive(Debug, Default)]
+pub struct Logs {
+    /// `[log] access`.
+    pub access: Option<LogSink>,
+    /// `[log] audit`.
+    pub audit: Option<LogSink>,
+}
+
+/// The current time as RFC 3339 UTC with milliseconds, e.g. `2026-11-25T12:00:00.123Z`.
+pub fn timestamp() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations() {
+        assert_eq!(Destination::parse("off"), Ok(Destination::Off));
+        assert_eq!(Destination::parse("stdout"), Ok(Destination::Stdout));
+        assert!(Destination::parse("").is_err());
+        assert!(Destination::File("/nonexistent-dir/a.jsonl".into()).check().is_err());
+        assert!(Destination::File("/tmp".into()).check().is_err());
+        assert!(Destination::File("relative.jsonl".into()).check().is_ok());
+    }
+
+    #[test]
+    fn a_failing_disk_drops_and_counts() {
+        let sink = LogSink::open("test", &Destination::File("/dev/full".into())).unwrap().unwrap();
+        let dropped = METRICS.log_lines_dropped.with_label_values(&["test", "write_error"]);
+        for _ in 0..10 {
+            sink.write(&serde_json::json!({"event": "x"}));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while dropped.get() < 10 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(dropped.get(), 10);
+    }
+}

@@ -1,0 +1,217 @@
+//! Redaction: the one function every log line passes through.
+//!
+//! Access and audit log fields that came from a client (path, query, host, origin, subject),
+//! every line of the process log (Pingora's own included), and every configuration error
+//! message are redacted by [`redact`] before they are written. What it removes:
+//!
+//! - `Bearer`/`Basic`/`Digest` credentials, whatever follows the scheme;
+//! - JWTs (`eyJ…` three-segment tokens);
+//! - Portcullis API keys (`pcs_…`);
+//! - e-mail addresses, plain or percent-encoded;
+//! - the value of any `name=value` / `name: value` / `"name":"value"` pair whose name says it
+//!   holds a secret (`password`, `token`, `api_key`, `secret`, `authorization`, `cookie`, ...);
+//! - any other run of 32 or more letters and digits mixing both (a random key, whatever its
+//!   format), except UUIDs, which request ids are.
+//!
+//! Query strings get a stricter pass first ([`redact_target`]): a parameter whose name hints at a
+//! credential (`key`, `sig`, `code`, `auth`, ...) loses its value whatever it looks like.
+//!
+//! Redaction errs towards removing too much: a log line is for operators, and a secret in it
+//! lives as long as the log does.
+
+use std::borrow::Cow;
+
+use once_cell::sync::Lazy;
+use regex::{Captures, Regex};
+
+/// What replaces a redacted value.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// The longest client-supplied value a log line keeps (longer ones are cut, with `…`).
+pub const MAX_LOGGED_VALUE: usize = 512;
+
+/// Names (lower case, matched as substrings) whose values are secrets in `name=value` pairs.
+const SECRET_NAMES: &str = "password|passwd|passphrase|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|authorization|cookie|session|credential|jwt";
+
+static PATTERNS: Lazy<Regex> = Lazy::new(|| {
+    let pattern = [
+        // 1. An auth scheme and its credential.
+        r"(?P<scheme>(?i:\b(?:bearer|basic|digest)))(?P<sep>\s+|%20|\+)(?P<credential>[A-Za-z0-9._~+/=%-]+)",
+        // 2. A JWT: base64url of `{"` always begins `eyJ`.
+        r"|(?P<jwt>eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)",
+        // 3. A Portcullis API key.
+        r"|(?P<apikey>pcs_[A-Za-z0-9]+)",
+        // 4. An e-mail address, plain or percent-encoded.
+        r"|(?P<email>[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})",
+        // 5. A secret-named pair: keep the name and separator, drop the value.
+        r#"|(?P<name>(?i:[A-Za-z0-9_-]*(?:"#,
+        SECRET_NAMES,
+        r#")[A-Za-z0-9_-]*))(?P<assign>"?\s*[=:]\s*"?)(?P<value>[^\s&"',;}]+)"#,
+        // 6. A long run mixing letters and digits: checked in `replace`.
+        r"|(?P<run>[A-Za-z0-9_-]{32,})",
+    ]
+    .concat();
+    #[allow(clippy::expect_used)] // a constant pattern, covered by the tests below
+    Regex::new(&pattern).expect("the redaction pattern compiles")
+});
+
+static UUID: Lazy<Regex> = Lazy::new(|| {
+    #[allow(clippy::expect_used)]
+    Regex::new(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+        .expect("the UUID pattern compiles")
+});
+
+/// `text` with every secret-looking part replaced by [`REDACTED`]. Borrows when nothing matched.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    PATTERNS.replace_all(text, |c: &Captures<'_>| -> String {
+        if let (Some(scheme), Some(sep)) = (c.name("scheme"), c.name("sep")) {
+            return format!("{}{}{REDACTED}", scheme.as_str(), sep.as_str());
+        }
+        if let (Some(name), Some(assign)) = (c.name("name"), c.name("assign")) {
+            return format!("{}{}{REDACTED}", name.as_str(), assign.as_str());
+        }
+        if let Some(run) = c.name("run") {
+            let run = run.as_str();
+            let mixed = run.bytes().any(|b| b.is_ascii_digit()) && run.bytes().any(|b| b.is_ascii_alphabetic());
+            if !mixed || UUID.is_match(run) {
+                return run.to_string();
+            }
+        }
+        REDACTED.to_string()
+    })
+}
+
+/// Query parameter names (lower case, matched as substrings) whose values are always dropped.
+const SECRET_PARAMS: [&str; 14] = [
+    "key",
+    "token",
+    "secret",
+    "passw",
+    "pwd",
+    "auth",
+    "sig",
+    "session",
+    "credential",
+    "code",
+    "jwt",
+    "cookie",
+    "assertion",
+    "otp",
+];
+
+/// A request target (`/path?query`) for a log line: the path redacted, each query parameter
+/// whose name hints at a credential emptied to [`REDACTED`], the other values redacted, and the
+/// whole cut at [`MAX_LOGGED_VALUE`].
+pub fn redact_target(target: &str) -> String {
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let mut out = String::with_capacity(target.len().min(MAX_LOGGED_VALUE) + 16);
+    out.push_str(&redact(path));
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if is_secret_param(name) => {
+                    out.push_str(&redact(name));
+                    out.push('=');
+                    out.push_str(REDACTED);
+                }
+                _ => out.push_str(&redact(pair)),
+            }
+        }
+    }
+    truncate(out)
+}
+
+/// A client-supplied value (host, origin, subject) for a log line: redacted, and cut at
+/// [`MAX_LOGGED_VALUE`].
+pub fn redact_value(value: &str) -> String {
+    truncate(redact(value).into_owned())
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PARAMS.iter().any(|s| name.contains(s))
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_LOGGED_VALUE {
+        let mut end = MAX_LOGGED_VALUE;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJ1c2VyLTQyIiwiZXhwIjoxOTAwMDAwMDAwfQ.Zm9vYmFyYmF6cXV4cXV1eA-_Zm9vYmFy";
+    const KEY: &str = "pcs_3f9a1c0b7e2d4a6f8b0c1d2e3f405162738495a6b7c8d9e0f1a2b3c4d5e6f708";
+
+    fn assert_gone(text: &str, secret: &str) {
+        let out = redact(text);
+        assert!(!out.contains(secret), "{secret:?} survived in {out:?}");
+    }
+
+    #[test]
+    fn removes_tokens_keys_and_addresses() {
+        assert_gone(&format!("Authorization: Bearer {JWT}"), JWT);
+        assert_gone(&format!("authorization=bearer%20{KEY}"), KEY);
+        assert_gone(&format!("request with {JWT} failed"), "eyJzdWIiOiJ1c2VyLTQyIiwiZXhwIjoxOTAwMDAwMDAwfQ");
+        assert_gone(&format!("key {KEY} refused"), &KEY[4..]);
+        assert_gone("sent by jane.doe+test@example.co.uk today", "jane.doe");
+        assert_gone("/users/jane.doe%40example.com/profile", "jane.doe");
+        assert_gone("Basic dXNlcjpodW50ZXIy", "dXNlcjpodW50ZXIy");
+        assert_gone(r#"{"password":"hunter2","user":"x"}"#, "hunter2");
+        assert_gone("password=hunter2&user=x", "hunter2");
+        assert_gone("db_password: hunter2", "hunter2");
+        assert_gone("X-API-Key: s3cr3t-value", "s3cr3t-value");
+        assert_gone("client_secret=abc123", "abc123");
+        assert_gone("Cookie: session=abcdef", "abcdef");
+        // A random key of another format: long, letters and digits mixed.
+        assert_gone("legacy key AbCdEf0123456789GhIjKl0123456789MnOp in use", "AbCdEf0123456789GhIjKl0123456789MnOp");
+    }
+
+    #[test]
+    fn keeps_what_operators_need() {
+        for kept in [
+            "GET /api/v1/models/42 200",
+            "request 550e8400-e29b-41d4-a716-446655440000 done",
+            "route models-read upstream registry",
+            "client 192.0.2.7 key id ci-bot",
+            "a_very_long_identifier_without_any_digits_at_all",
+            "listening on 127.0.0.1:8080",
+        ] {
+            assert_eq!(redact(kept), kept);
+        }
+        assert!(matches!(redact("plain text"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn query_parameters_by_name() {
+        let t = redact_target("/v1/items?api_key=abc&page=2&sig=zzz&email=a@b.example&q=cats");
+        assert_eq!(t, "/v1/items?api_key=[REDACTED]&page=2&sig=[REDACTED]&email=[REDACTED]&q=cats");
+        assert_eq!(redact_target("/plain/path"), "/plain/path");
+        assert_eq!(redact_target("/p?code=4/0AX4&state=ok"), "/p?code=[REDACTED]&state=ok");
+        assert_eq!(redact_target("/p?flag"), "/p?flag");
+    }
+
+    #[test]
+    fn long_values_are_cut() {
+        let long = format!("/{}", "a/".repeat(600));
+        let out = redact_target(&long);
+        assert!(out.len() <= MAX_LOGGED_VALUE + '…'.len_utf8());
+        assert!(out.ends_with('…'));
+        assert_eq!(redact_value("é".repeat(400).as_str()).chars().last(), Some('…'));
+    }
+}

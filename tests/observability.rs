@@ -1,0 +1,563 @@
+//! Observability end to end: the admin listener's `/metrics`, `/healthz` and `/readyz`, the
+//! access and audit logs after a scripted session, upstream health checks, a full disk, and no
+//! secret of the session in any log line or error body.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{assert_error, free_addr, send, Gateway, RawResponse, Upstream};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const KEY: &str = "pcs_5e1f0a9c3b7d2e4f6a8b0c1d2e3f40516273849a5b6c7d8e9f0a1b2c3d4e5f6a";
+const WRONG_KEY: &str = "pcs_0000aaaa1111bbbb2222cccc3333dddd4444eeee5555ffff6666777788889999";
+const HMAC_SECRET: &str = "observability-hmac-secret-0123456789abcdef";
+const EMAIL: &str = "jane.doe@example.com";
+const PASSWORD: &str = "hunter2-correct-horse";
+const QUERY_TOKEN: &str = "querytoken7f3a9";
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn hs256(secret: &str, claims: &Value) -> String {
+    encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+}
+
+/// The tokens of the session: valid (with an e-mail subject), expired, and forged.
+struct Tokens {
+    good: String,
+    expired: String,
+    forged: String,
+}
+
+impl Tokens {
+    fn new() -> Tokens {
+        let claims = |exp: u64| json!({"iss": "local", "aud": "api", "sub": EMAIL, "exp": exp, "scope": "read_models"});
+        Tokens {
+            good: hs256(HMAC_SECRET, &claims(now() + 600)),
+            expired: hs256(HMAC_SECRET, &claims(now() - 600)),
+            forged: hs256("some-other-secret-of-the-same-length-000", &claims(now() + 600)),
+        }
+    }
+}
+
+/// A gateway with the admin listener, both logs in `logs`, an API key, an HS256 issuer, CORS, a
+/// tight limit, a live upstream and a dead one.
+async fn observed_gateway(logs: &Path, admin: SocketAddr, upstream: &Upstream) -> Gateway {
+    let secret = logs.join("hmac.secret");
+    std::fs::write(&secret, HMAC_SECRET).unwrap();
+    let hash = format!("hash = \"sha256:{}\"", hex::encode(Sha256::digest(KEY.as_bytes())));
+    let dead = free_addr();
+    let config = format!(
+        r#"
+[server]
+allowed_hosts = ["localhost", "127.0.0.1"]
+auth_failure_limit = "off"
+
+[admin]
+address = "{admin}"
+
+[log]
+access = "{access}"
+audit = "{audit}"
+
+[[upstream]]
+name = "api"
+targets = ["{upstream}"]
+
+[[upstream]]
+name = "gone"
+targets = ["{dead}"]
+
+[cors]
+allowed_origins = ["https://app.example.com"]
+
+[[rate_limit]]
+name = "tight"
+key = "client"
+limit = "2/minute"
+
+[auth]
+[[auth.api_key]]
+id = "ci-bot"
+{hash}
+permissions = ["read_models"]
+
+[[auth.jwt]]
+name = "local"
+issuer = "local"
+audiences = ["api"]
+algorithms = ["HS256"]
+secret = "file:{secret}"
+
+[[route]]
+name = "models"
+path = "/models"
+upstream = "api"
+permissions = ["read_models"]
+
+[[route]]
+name = "train"
+path = "/train"
+upstream = "api"
+permissions = ["run_training"]
+
+[[route]]
+name = "limited"
+path = "/limited"
+upstream = "api"
+auth = "none"
+rate_limits = ["tight"]
+
+[[route]]
+name = "gone"
+path = "/gone"
+upstream = "gone"
+auth = "none"
+"#,
+        access = logs.join("access.jsonl").display(),
+        audit = logs.join("audit.jsonl").display(),
+        upstream = upstream.addr,
+        hash = hash.trim(),
+        secret = secret.display(),
+    );
+    Gateway::start(&config).await
+}
+
+/// The scripted session: every kind of outcome once (three on the limited route). Returns the
+/// responses in order.
+async fn session(gw: &Gateway, tokens: &Tokens) -> Vec<RawResponse> {
+    let a = gw.addr;
+    let bearer = |t: &str| format!("Bearer {t}");
+    let mut out = Vec::new();
+    // 0: API key (also in the query, where it must be redacted from the log).
+    out.push(send(a, "GET", &format!("/models?api_key={KEY}&page=2"), &[("X-API-Key", KEY)]).await);
+    // 1: JWT whose subject is an e-mail address.
+    out.push(send(a, "GET", "/models", &[("Authorization", &bearer(&tokens.good))]).await);
+    // 2-5: no credential, an unknown key, an expired token, a forged token.
+    out.push(send(a, "GET", "/models", &[]).await);
+    out.push(send(a, "GET", "/models", &[("X-API-Key", WRONG_KEY)]).await);
+    out.push(send(a, "GET", "/models", &[("Authorization", &bearer(&tokens.expired))]).await);
+    out.push(send(a, "GET", "/models", &[("Authorization", &bearer(&tokens.forged))]).await);
+    // 6: a permission the key lacks.
+    out.push(send(a, "GET", "/train", &[("X-API-Key", KEY)]).await);
+    // 7-9: two within the limit, the third refused.
+    for _ in 0..3 {
+        out.push(send(a, "GET", "/limited", &[]).await);
+    }
+    // 10: a preflight from an origin not allowed.
+    let preflight = [("Origin", "https://evil.example.net"), ("Access-Control-Request-Method", "GET")];
+    out.push(send(a, "OPTIONS", "/models", &preflight).await);
+    // 11: a host not allowed.
+    out.push(common::get_with_host(a, "/models", "evil.example.com").await);
+    // 12: a dead upstream, with secrets in the query (Pingora logs the failure).
+    out.push(send(a, "GET", &format!("/gone?password={PASSWORD}&token={QUERY_TOKEN}"), &[]).await);
+    out
+}
+
+fn expected_statuses(responses: &[RawResponse]) {
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 401, 401, 401, 401, 403, 200, 200, 429, 403, 421, 502]);
+}
+
+/// `GET {path}` on the admin listener.
+async fn admin_get(admin: SocketAddr, path: &str) -> RawResponse {
+    send(admin, "GET", path, &[]).await
+}
+
+/// A scrape taken once `requests` requests have been recorded: the `logging` phase runs after
+/// the response went out, so a client can see its answer before the metrics do.
+async fn scrape_after(admin: SocketAddr, requests: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = admin_get(admin, "/metrics").await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+        let scrape = String::from_utf8(resp.body).unwrap();
+        let recorded: f64 = scrape
+            .lines()
+            .filter(|l| l.starts_with("portcullis_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if recorded >= requests || Instant::now() > deadline {
+            assert_eq!(recorded, requests, "{scrape}");
+            return scrape;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the sample `name{labels}` in a scrape (labels in Prometheus' sorted order).
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Reads a JSON-lines file until it has `n` lines (the writer thread is asynchronous).
+fn read_lines(path: &PathBuf, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            assert_eq!(lines.len(), n, "{}: {text}", path.display());
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_known_traffic() {
+    let upstream = Upstream::start("api").await;
+    let logs = tempfile::tempdir().unwrap();
+    let admin = free_addr();
+    let gw = observed_gateway(logs.path(), admin, &upstream).await;
+    let responses = session(&gw, &Tokens::new()).await;
+    expected_statuses(&responses);
+
+    let scrape = scrape_after(admin, 13.0).await;
+    let count = |series: &str| sample(&scrape, series).unwrap_or_else(|| panic!("no {series} in\n{scrape}"));
+    for (series, expected) in [
+        (r#"portcullis_requests_total{method="GET",route="models",status="200"}"#, 2.0),
+        (r#"portcullis_requests_total{method="GET",route="models",status="401"}"#, 4.0),
+        (r#"portcullis_requests_total{method="GET",route="train",status="403"}"#, 1.0),
+        (r#"portcullis_requests_total{method="GET",route="limited",status="200"}"#, 2.0),
+        (r#"portcullis_requests_total{method="GET",route="limited",status="429"}"#, 1.0),
+        (r#"portcullis_requests_total{method="OPTIONS",route="models",status="403"}"#, 1.0),
+        (r#"portcullis_requests_total{method="GET",route="",status="421"}"#, 1.0),
+        (r#"portcullis_requests_total{method="GET",route="gone",status="502"}"#, 1.0),
+        (r#"portcullis_request_duration_seconds_count{route="models"}"#, 7.0),
+        (r#"portcullis_upstream_duration_seconds_count{upstream="api"}"#, 4.0),
+        (r#"portcullis_upstream_errors_total{kind="connect_refused",upstream="gone"}"#, 1.0),
+        (r#"portcullis_auth_decisions_total{method="api_key",reason="ok",result="success"}"#, 1.0),
+        (r#"portcullis_auth_decisions_total{method="jwt",reason="ok",result="success"}"#, 1.0),
+        (r#"portcullis_auth_decisions_total{method="none",reason="missing",result="failure"}"#, 1.0),
+        (r#"portcullis_auth_decisions_total{method="api_key",reason="unknown_key",result="failure"}"#, 1.0),
+        (r#"portcullis_auth_decisions_total{method="jwt",reason="expired",result="failure"}"#, 1.0),
+        (r#"portcullis_auth_decisions_total{method="jwt",reason="bad_signature",result="failure"}"#, 1.0),
+        (r#"portcullis_auth_decisions_total{method="api_key",reason="permission",result="denied"}"#, 1.0),
+        (r#"portcullis_rate_limited_total{policy="tight"}"#, 1.0),
+        ("portcullis_cors_rejected_total", 1.0),
+        ("portcullis_host_rejected_total", 1.0),
+        ("portcullis_requests_in_flight", 0.0),
+        (r#"portcullis_config_reloads_total{result="failure"}"#, 0.0),
+        (r#"portcullis_upstream_healthy_targets{upstream="api"}"#, 1.0),
+        (&format!(r#"portcullis_connections_active{{listener="{}"}}"#, gw.addr), 0.0),
+        (&format!(r#"portcullis_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION")), 1.0),
+    ] {
+        assert_eq!(count(series), expected, "{series}");
+    }
+    assert!(count(&format!(r#"portcullis_connections_total{{listener="{}"}}"#, gw.addr)) >= 13.0);
+    assert!(sample(&scrape, "process_resident_memory_bytes").unwrap() > 0.0);
+    // Labels stay bounded: no path, address, key or token made it into a label.
+    for leak in ["/models", "127.0.0.1:", "pcs_", "eyJ", "evil"] {
+        assert!(
+            !scrape.lines().filter(|l| !l.starts_with('#')).any(|l| l.contains(leak) && !l.contains("listener=")),
+            "{leak} in a label:\n{scrape}"
+        );
+    }
+
+    // More traffic moves the counters.
+    send(gw.addr, "GET", "/models", &[("X-API-Key", KEY)]).await;
+    let scrape = scrape_after(admin, 14.0).await;
+    assert_eq!(sample(&scrape, r#"portcullis_requests_total{method="GET",route="models",status="200"}"#), Some(3.0));
+
+    // promtool is installed by .ci/run: on CI the exposition is checked by Prometheus' own linter.
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(scrape.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            let complaints =
+                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success() && complaints.trim().is_empty(), "promtool: {complaints}");
+        }
+        Err(_) if std::env::var_os("PORTCULLIS_REQUIRE_PROMTOOL").is_some() => panic!("promtool is missing on CI"),
+        Err(_) => eprintln!("promtool not installed: exposition format not linted"),
+    }
+}
+
+#[tokio::test]
+async fn access_and_audit_logs_record_the_session_without_secrets() {
+    let upstream = Upstream::start("api").await;
+    let logs = tempfile::tempdir().unwrap();
+    let admin = free_addr();
+    let gw = observed_gateway(logs.path(), admin, &upstream).await;
+    let tokens = Tokens::new();
+    let responses = session(&gw, &tokens).await;
+    expected_statuses(&responses);
+
+    let access = read_lines(&logs.path().join("access.jsonl"), 13);
+    for (line, resp) in access.iter().zip(&responses) {
+        assert_eq!(line["log"], "access");
+        assert_eq!(line["status"], resp.status);
+        assert_eq!(line["request_id"].as_str(), resp.header("x-request-id"), "{line}");
+        assert_eq!(line["client_ip"], "127.0.0.1");
+        assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+        assert!(line["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(line["bytes"].as_u64().unwrap() as usize, resp.body.len(), "{line}");
+        if resp.status >= 400 {
+            assert_eq!(line["error"], resp.json()["error"]["code"], "{line}");
+        }
+    }
+    let first = &access[0];
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["route"], "models");
+    assert_eq!(first["path"], "/models?api_key=[REDACTED]&page=2");
+    assert_eq!(first["auth_method"], "api_key");
+    assert_eq!(first["key_id"], "ci-bot");
+    assert_eq!(first["upstream"], "api");
+    assert_eq!(first["upstream_addr"], upstream.addr.to_string());
+    assert_eq!(first["upstream_status"], 200);
+    assert_eq!(first["protocol"], "HTTP/1.1");
+    assert_eq!(access[1]["auth_method"], "jwt");
+    assert_eq!(access[1]["issuer"], "local");
+    assert_eq!(access[1]["subject"], "[REDACTED]");
+    assert_eq!(access[3]["reason"], "unknown_key");
+    assert!(access[3].get("upstream").is_none(), "a refused request never reached an upstream");
+    assert_eq!(access[4]["reason"], "expired");
+    assert_eq!(access[5]["reason"], "bad_signature");
+    assert_eq!(access[9]["reason"], "rate_limited");
+    assert_eq!(access[11]["host"], "evil.example.com");
+    assert!(access[11].get("route").is_none());
+    assert_eq!(access[12]["path"], "/gone?password=[REDACTED]&token=[REDACTED]");
+    assert_eq!(access[12]["upstream"], "gone");
+    assert!(access[12].get("upstream_status").is_none());
+
+    let audit = read_lines(&logs.path().join("audit.jsonl"), 12);
+    let events: Vec<&str> = audit.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        [
+            "config_loaded",
+            "auth_success",
+            "auth_success",
+            "auth_failure",
+            "auth_failure",
+            "auth_failure",
+            "auth_failure",
+            "auth_success",
+            "permission_denied",
+            "rate_limited",
+            "cors_rejected",
+            "host_rejected",
+        ]
+    );
+    let by_request = |i: usize| responses[i].header("x-request-id").map(str::to_string);
+    assert_eq!(audit[1]["key_id"], "ci-bot");
+    assert_eq!(audit[1]["method"], "api_key");
+    assert_eq!(audit[1]["client_ip"], "127.0.0.1");
+    assert_eq!(audit[1]["request_id"].as_str().map(str::to_string), by_request(0));
+    assert_eq!(audit[2]["method"], "jwt");
+    assert_eq!(audit[2]["issuer"], "local");
+    assert_eq!(audit[2]["subject"], "[REDACTED]");
+    assert_eq!((audit[3]["reason"].as_str(), audit[3]["method"].as_str()), (Some("missing"), Some("none")));
+    assert!(audit[3].get("key_prefix").is_none());
+    assert_eq!(audit[4]["reason"], "unknown_key");
+    assert_eq!(audit[4]["key_prefix"], "pcs_");
+    assert_eq!((audit[5]["reason"].as_str(), audit[5]["method"].as_str()), (Some("expired"), Some("jwt")));
+    assert_eq!(audit[6]["reason"], "bad_signature");
+    assert_eq!(audit[8]["permission"], "run_training");
+    assert_eq!(audit[8]["key_id"], "ci-bot");
+    assert_eq!(audit[8]["route"], "train");
+    assert_eq!(audit[9]["policy"], "tight");
+    assert_eq!(audit[10]["origin"], "https://evil.example.net");
+    assert_eq!(audit[10]["rejected"], "origin");
+    assert_eq!(audit[11]["host"], "evil.example.com");
+
+    // No secret of the session anywhere: logs, the process log, error bodies.
+    let mut haystacks = vec![
+        std::fs::read_to_string(logs.path().join("access.jsonl")).unwrap(),
+        std::fs::read_to_string(logs.path().join("audit.jsonl")).unwrap(),
+        gw.stderr(),
+    ];
+    haystacks
+        .extend(responses.iter().filter(|r| r.status >= 400).map(|r| String::from_utf8_lossy(&r.body).into_owned()));
+    let jwt_payload = |t: &str| t.split('.').nth(1).unwrap().to_string();
+    let secrets = [
+        KEY[4..].to_string(),
+        WRONG_KEY[4..].to_string(),
+        tokens.good.clone(),
+        jwt_payload(&tokens.good),
+        jwt_payload(&tokens.expired),
+        tokens.forged.split('.').nth(2).unwrap().to_string(),
+        HMAC_SECRET.to_string(),
+        EMAIL.to_string(),
+        "jane.doe".to_string(),
+        PASSWORD.to_string(),
+        QUERY_TOKEN.to_string(),
+    ];
+    for text in &haystacks {
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "{secret} leaked into:\n{text}");
+        }
+    }
+    // The process log did record the failed upstream exchange (redacted), so the check above
+    // looked at a line that held the query.
+    assert!(gw.stderr().contains("/gone?password=[REDACTED]"), "{}", gw.stderr());
+}
+
+#[tokio::test]
+async fn admin_endpoints_and_nothing_else() {
+    let upstream = Upstream::start("api").await;
+    let logs = tempfile::tempdir().unwrap();
+    let admin = free_addr();
+    let gw = observed_gateway(logs.path(), admin, &upstream).await;
+
+    let health = admin_get(admin, "/healthz").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json(), json!({"status": "ok"}));
+    let head = common::raw_head(admin, b"HEAD /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    let ready = admin_get(admin, "/readyz").await;
+    assert_eq!(ready.status, 200, "{:?}", ready.json());
+    assert_eq!(ready.json()["status"], "ready");
+    assert_eq!(
+        ready.json()["upstreams"][0],
+        json!({"name": "api", "healthy_targets": 1, "targets": 1, "health_check": false})
+    );
+
+    let missing = admin_get(admin, "/config").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["error"]["code"], "ROUTE_NOT_FOUND");
+    let post = common::raw(admin, b"POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nxx").await;
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+
+    // The public listener serves no admin endpoint: these are ordinary requests there.
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let resp = send(gw.addr, "GET", path, &[]).await;
+        assert_error(&resp, 404, "ROUTE_NOT_FOUND");
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_upstream_health_checks() {
+    let live = Upstream::start("live").await;
+    let dead = free_addr();
+    let revived = free_addr();
+    let admin = free_addr();
+    let check = r#"health_check = { path = "/health", interval = "100ms", timeout = "500ms", healthy_threshold = 1, unhealthy_threshold = 1 }"#;
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+allowed_hosts = ["localhost"]
+[admin]
+address = "{admin}"
+[[upstream]]
+name = "pool"
+targets = ["{live}", "{dead}"]
+{check}
+[[upstream]]
+name = "down"
+targets = ["{revived}"]
+{check}
+[[route]]
+name = "pool"
+path = "/"
+upstream = "pool"
+auth = "none"
+"#,
+        live = live.addr,
+    ))
+    .await;
+
+    // Wait for the first probes: one target of "pool" passes, "down" has none.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let ready = admin_get(admin, "/readyz").await;
+        let body = ready.json();
+        if body["upstreams"][0]["healthy_targets"] == 1 && body["upstreams"][1]["healthy_targets"] == 0 {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["status"], "not_ready");
+    assert!(ready.json()["reason"].as_str().unwrap().contains("down"), "{}", ready.json());
+
+    // Requests skip the failing target: every one is served, none tried the dead address.
+    let hits_before = live.hits();
+    for _ in 0..10 {
+        assert_eq!(send(gw.addr, "GET", "/x", &[]).await.status, 200);
+    }
+    assert_eq!(live.hits() - hits_before, 10);
+    let scrape = scrape_after(admin, 10.0).await;
+    assert_eq!(sample(&scrape, r#"portcullis_upstream_errors_total{kind="connect_refused",upstream="pool"}"#), None);
+    assert_eq!(sample(&scrape, r#"portcullis_upstream_healthy_targets{upstream="pool"}"#), Some(1.0));
+    assert!(
+        sample(&scrape, r#"portcullis_upstream_health_checks_total{result="failure",upstream="down"}"#).unwrap() >= 1.0
+    );
+
+    // The target comes up: ready again.
+    let _revived = Upstream::start_on("revived", revived).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = admin_get(admin, "/readyz").await;
+        if ready.status == 200 {
+            assert_eq!(ready.json()["status"], "ready");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", ready.json());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_drops_log_lines_and_never_stalls_requests() {
+    let admin = free_addr();
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+allowed_hosts = ["localhost"]
+[admin]
+address = "{admin}"
+[log]
+access = "/dev/full"
+audit = "/dev/full"
+[[upstream]]
+name = "echo"
+targets = ["builtin:echo"]
+[[route]]
+path = "/"
+upstream = "echo"
+auth = "none"
+"#
+    ))
+    .await;
+    for _ in 0..20 {
+        assert_eq!(send(gw.addr, "GET", "/", &[]).await.status, 200);
+    }
+    let series = r#"portcullis_log_lines_dropped_total{log="access",reason="write_error"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let scrape = String::from_utf8(admin_get(admin, "/metrics").await.body).unwrap();
+        if sample(&scrape, series) == Some(20.0) {
+            // config_loaded was dropped too.
+            assert_eq!(
+                sample(&scrape, r#"portcullis_log_lines_dropped_total{log="audit",reason="write_error"}"#),
+                Some(1.0)
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{scrape}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still serving, and it said why it drops lines.
+    assert_eq!(send(gw.addr, "GET", "/", &[]).await.status, 200);
+    assert!(gw.stderr().contains("cannot write the log"), "{}", gw.stderr());
+}
