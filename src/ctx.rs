@@ -64,8 +64,6 @@ pub struct UpstreamExchange {
     pub started: Option<Instant>,
     /// The target of the last attempt.
     pub target: Option<SocketAddr>,
-    /// Whether the last attempt connected (so a later error is not a connect error).
-    pub connected: bool,
     /// The upstream's status code.
     pub status: Option<u16>,
     /// Time from the first attempt to the upstream's response header.

@@ -406,7 +406,6 @@ impl ProxyHttp for Gateway {
         let exchange = &mut ctx.upstream;
         exchange.started.get_or_insert_with(std::time::Instant::now);
         exchange.target = peer.as_ref().and_then(|p| p._address.as_inet().copied());
-        exchange.connected = false;
         // A retry replays the buffered body through request_body_filter: count it afresh.
         ctx.body_bytes = 0;
         peer.ok_or_else(|| Error::explain(ErrorType::InternalError, "route has no upstream target"))
@@ -429,6 +428,32 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // Every failure after a connection was made, retried or not (connect failures are
+        // counted in fail_to_connect).
+        if *e.esource() == ErrorSource::Upstream {
+            if let Some(upstream) = Self::upstream_of(ctx) {
+                METRICS.upstream_errors.with_label_values(&[&upstream.name, upstream_error_kind(&e)]).inc();
+            }
+        }
+        // Pingora's default: an idempotent request whose body is still buffered may be retried
+        // on a fresh connection when a reused one failed.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -437,19 +462,6 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         Self::prepare_upstream(session, ctx, upstream_request)
             .map_err(|_| Error::explain(ErrorType::InternalError, "cannot prepare the upstream request"))
-    }
-
-    async fn connected_to_upstream(
-        &self,
-        _session: &mut Session,
-        _reused: bool,
-        _peer: &HttpPeer,
-        _fd: std::os::unix::io::RawFd,
-        _digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        ctx.upstream.connected = true;
-        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -500,10 +512,10 @@ impl ProxyHttp for Gateway {
         let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
         format!(
             "{} {}, host: {}, request id: {}",
-            req.method,
+            crate::metrics::method_label(&req.method),
             crate::redact::redact_target(target),
             crate::redact::redact_value(&String::from_utf8_lossy(ctx.host.as_bytes())),
-            ctx.request_id.to_str().unwrap_or("")
+            crate::redact::redact(ctx.request_id.to_str().unwrap_or(""))
         )
     }
 

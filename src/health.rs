@@ -93,6 +93,9 @@ async fn probe_loop(upstream: &Upstream, target: usize, addr: SocketAddr, connec
         let pass = result.is_ok();
         if pass { &passed } else { &failed }.inc();
         let before = state.get();
+        // Set after every probe, not only on a change: two targets changing at once could
+        // otherwise leave the other's count behind.
+        let publish = || healthy_gauge.set(upstream.healthy_targets() as i64);
         let agrees = matches!((before, pass), (Health::Healthy, true) | (Health::Unhealthy, false));
         streak = if agrees { 0 } else { streak + 1 };
         let threshold = if pass { check.healthy_threshold } else { check.unhealthy_threshold };
@@ -104,7 +107,6 @@ async fn probe_loop(upstream: &Upstream, target: usize, addr: SocketAddr, connec
         if let Some(healthy) = after {
             streak = 0;
             state.set(if healthy { Health::Healthy } else { Health::Unhealthy });
-            healthy_gauge.set(upstream.healthy_targets() as i64);
             match (&result, healthy) {
                 (Ok(status), true) => tracing::info!(upstream = name, %addr, status, "upstream target is healthy"),
                 (Err(error), false) => {
@@ -113,6 +115,7 @@ async fn probe_loop(upstream: &Upstream, target: usize, addr: SocketAddr, connec
                 _ => {}
             }
         }
+        publish();
     }
 }
 

@@ -11,14 +11,12 @@
 
 use http::Method;
 use once_cell::sync::Lazy;
-use pingora::ErrorSource;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::ctx::Exchange;
 use crate::error::GatewayError;
-use crate::gateway::upstream_error_kind;
 
 /// Latency buckets in seconds: 0.5 ms (a locally answered request) to 30 s (a slow upstream).
 const LATENCY_BUCKETS: [f64; 15] =
@@ -228,14 +226,9 @@ impl Metrics {
     pub fn record_exchange(&self, x: &Exchange<'_>) {
         let ctx = x.ctx;
         self.record_request(x.route_name(), &x.request.method, x.status, x.elapsed.as_secs_f64());
-        if let Some(upstream) = x.upstream_name() {
-            if let Some(elapsed) = ctx.upstream.elapsed {
-                self.upstream_duration.with_label_values(&[upstream]).observe(elapsed.as_secs_f64());
-            }
-            // Connect failures were counted as they happened (`fail_to_connect`).
-            if let Some(e) = x.error.filter(|e| *e.esource() == ErrorSource::Upstream && ctx.upstream.connected) {
-                self.upstream_errors.with_label_values(&[upstream, upstream_error_kind(e)]).inc();
-            }
+        // (Upstream errors are counted where they happen: fail_to_connect, error_while_proxy.)
+        if let (Some(upstream), Some(elapsed)) = (x.upstream_name(), ctx.upstream.elapsed) {
+            self.upstream_duration.with_label_values(&[upstream]).observe(elapsed.as_secs_f64());
         }
         let decision = match (&ctx.principal, &ctx.refusal) {
             (Some(p), Some(GatewayError::PermissionDenied { .. })) => {

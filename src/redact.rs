@@ -8,13 +8,19 @@
 //! - JWTs (`eyJ…` three-segment tokens);
 //! - Portcullis API keys (`pcs_…`);
 //! - e-mail addresses, plain or percent-encoded;
-//! - the value of any `name=value` / `name: value` / `"name":"value"` pair whose name says it
-//!   holds a secret (`password`, `token`, `api_key`, `secret`, `authorization`, `cookie`, ...);
+//! - the whole value of an `Authorization`, `Proxy-Authorization`, `Cookie` or `Set-Cookie`
+//!   header, to the end of the line;
+//! - the value of any `name=value` / `name: value` / `"name":"value"` pair (JSON-escaped too)
+//!   whose name says it holds a secret (`password`, `token`, `api_key`, `secret`, `session`,
+//!   ...), an auth scheme before the value included;
 //! - any other run of 32 or more letters and digits mixing both (a random key, whatever its
 //!   format), except UUIDs, which request ids are.
 //!
-//! Query strings get a stricter pass first ([`redact_target`]): a parameter whose name hints at a
-//! credential (`key`, `sig`, `code`, `auth`, ...) loses its value whatever it looks like.
+//! Text that holds percent-escapes is also redacted decoded (`api_key%3Dsecret`,
+//! `%22Bearer%20tok%22`): when that finds more, the decoded, redacted form is what is logged.
+//! Query strings get a stricter pass first ([`redact_target`]): a parameter whose name, decoded,
+//! hints at a credential (`key`, `sig`, `code`, `auth`, `pass`, ...) loses its value whatever it
+//! looks like.
 //!
 //! Redaction errs towards removing too much: a log line is for operators, and a secret in it
 //! lives as long as the log does.
@@ -31,23 +37,27 @@ pub const REDACTED: &str = "[REDACTED]";
 pub const MAX_LOGGED_VALUE: usize = 512;
 
 /// Names (lower case, matched as substrings) whose values are secrets in `name=value` pairs.
-const SECRET_NAMES: &str = "password|passwd|passphrase|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|authorization|cookie|session|credential|jwt";
+const SECRET_NAMES: &str = "password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|authorization|cookie|session|credential|jwt|signature|otp";
 
 static PATTERNS: Lazy<Regex> = Lazy::new(|| {
     let pattern = [
-        // 1. An auth scheme and its credential.
-        r"(?P<scheme>(?i:\b(?:bearer|basic|digest)))(?P<sep>\s+|%20|\+)(?P<credential>[A-Za-z0-9._~+/=%-]+)",
-        // 2. A JWT: base64url of `{"` always begins `eyJ`.
+        // 1. Credential headers: the whole value, whatever its scheme and spaces. (Listed before
+        //    the secret-named pair, which would otherwise take the same name and stop at a space.)
+        r#"(?P<hname>(?i:(?:proxy-)?authorization|(?:set-)?cookie))(?P<hassign>\\?"?\s*[=:]\s*\\?"?)(?P<hvalue>[^\r\n"\\]+)"#,
+        // 2. An auth scheme and its credential.
+        r"|(?P<scheme>(?i:(?:\b|%[0-9A-Fa-f]{2})(?:bearer|basic|digest|negotiate)))(?P<sep>\s+|%20|\+|\\t)(?P<credential>[A-Za-z0-9._~+/=%-]+)",
+        // 3. A JWT: base64url of `{"` always begins `eyJ`.
         r"|(?P<jwt>eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)",
-        // 3. A Portcullis API key.
+        // 4. A Portcullis API key.
         r"|(?P<apikey>pcs_[A-Za-z0-9]+)",
-        // 4. An e-mail address, plain or percent-encoded.
+        // 5. An e-mail address, plain or percent-encoded.
         r"|(?P<email>[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})",
-        // 5. A secret-named pair: keep the name and separator, drop the value.
+        // 6. A secret-named pair: keep the name and separator, drop the value (and the auth
+        //    scheme in front of it). Quotes may be JSON-escaped, as in the process log.
         r#"|(?P<name>(?i:[A-Za-z0-9_-]*(?:"#,
         SECRET_NAMES,
-        r#")[A-Za-z0-9_-]*))(?P<assign>"?\s*[=:]\s*"?)(?P<value>[^\s&"',;}]+)"#,
-        // 6. A long run mixing letters and digits: checked in `replace`.
+        r#")[A-Za-z0-9_-]*))(?P<assign>\\?"?\s*[=:]\s*\\?"?)(?P<value>(?:(?i:bearer|basic|digest|negotiate)(?:\s+|%20|\+))?[^\s&"',;}\\]+)"#,
+        // 7. A long run mixing letters and digits: checked in `replace`.
         r"|(?P<run>[A-Za-z0-9_-]{32,})",
     ]
     .concat();
@@ -62,8 +72,31 @@ static UUID: Lazy<Regex> = Lazy::new(|| {
 });
 
 /// `text` with every secret-looking part replaced by [`REDACTED`]. Borrows when nothing matched.
+///
+/// Text with percent-escapes is redacted twice, as is and decoded; if the decoded pass finds
+/// more, its result is returned (decoded), so an escape never hides a secret.
 pub fn redact(text: &str) -> Cow<'_, str> {
+    let plain = redact_once(text);
+    if !text.contains('%') {
+        return plain;
+    }
+    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+    if decoded == text {
+        return plain;
+    }
+    let redacted = redact_once(&decoded);
+    if redacted.matches(REDACTED).count() > plain.matches(REDACTED).count() {
+        Cow::Owned(redacted.into_owned())
+    } else {
+        plain
+    }
+}
+
+fn redact_once(text: &str) -> Cow<'_, str> {
     PATTERNS.replace_all(text, |c: &Captures<'_>| -> String {
+        if let (Some(name), Some(assign)) = (c.name("hname"), c.name("hassign")) {
+            return format!("{}{}{REDACTED}", name.as_str(), assign.as_str());
+        }
         if let (Some(scheme), Some(sep)) = (c.name("scheme"), c.name("sep")) {
             return format!("{}{}{REDACTED}", scheme.as_str(), sep.as_str());
         }
@@ -82,15 +115,16 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 }
 
 /// Query parameter names (lower case, matched as substrings) whose values are always dropped.
-const SECRET_PARAMS: [&str; 14] = [
+const SECRET_PARAMS: [&str; 15] = [
     "key",
     "token",
     "secret",
-    "passw",
+    "pass",
     "pwd",
     "auth",
     "sig",
     "session",
+    "sid",
     "credential",
     "code",
     "jwt",
@@ -121,6 +155,8 @@ pub fn redact_target(target: &str) -> String {
                     out.push('=');
                     out.push_str(REDACTED);
                 }
+                // `api_key%3Dx` is decoded before its name is judged.
+                None if pair.contains('%') && pair_is_secret(pair) => out.push_str(REDACTED),
                 _ => out.push_str(&redact(pair)),
             }
         }
@@ -135,8 +171,14 @@ pub fn redact_value(value: &str) -> String {
 }
 
 fn is_secret_param(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
+    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy().to_ascii_lowercase();
     SECRET_PARAMS.iter().any(|s| name.contains(s))
+}
+
+/// A query pair without a literal `=` whose decoded form is `secret_name=value`.
+fn pair_is_secret(pair: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(pair).decode_utf8_lossy();
+    decoded.split_once('=').is_some_and(|(name, _)| is_secret_param(name))
 }
 
 fn truncate(mut s: String) -> String {
@@ -165,13 +207,29 @@ mod tests {
 
     #[test]
     fn removes_tokens_keys_and_addresses() {
-        assert_gone(&format!("Authorization: Bearer {JWT}"), JWT);
+        for segment in JWT.split('.') {
+            assert_gone(&format!("Authorization: Bearer {JWT}"), segment);
+            assert_gone(&format!("token {JWT} seen"), segment);
+        }
         assert_gone(&format!("authorization=bearer%20{KEY}"), KEY);
         assert_gone(&format!("request with {JWT} failed"), "eyJzdWIiOiJ1c2VyLTQyIiwiZXhwIjoxOTAwMDAwMDAwfQ");
         assert_gone(&format!("key {KEY} refused"), &KEY[4..]);
         assert_gone("sent by jane.doe+test@example.co.uk today", "jane.doe");
         assert_gone("/users/jane.doe%40example.com/profile", "jane.doe");
         assert_gone("Basic dXNlcjpodW50ZXIy", "dXNlcjpodW50ZXIy");
+        assert_gone("Authorization: Basic dXNlcjpodW50ZXIy", "dXNlcjpodW50ZXIy");
+        assert_gone("authorization:bearer opaque-token-1", "opaque-token-1");
+        assert_gone("Proxy-Authorization: Bearer opaque-token-2 trailing", "opaque-token-2");
+        assert_gone("Cookie: theme=dark; sid=s3cr3t", "s3cr3t");
+        assert_gone("x-access-token: Bearer opaque-token-3", "opaque-token-3");
+        // As the process log writes them: JSON-escaped quotes and tabs.
+        assert_gone(r#"{\"password\":\"hunter2\"}"#, "hunter2");
+        assert_gone(r#"\"x-custom-token\": \"abc123\""#, "abc123");
+        assert_gone(r"Bearer\tabc-opaque", "abc-opaque");
+        // Percent-encoded.
+        assert_gone("?headers=%7B%22Authorization%22%3A%22Bearer%20tok-4%22%7D", "tok-4");
+        assert_gone("/cb?next=/x%3Fpassword%3Dhunter3", "hunter3");
+        assert_gone("api_key%3Dsecret-5", "secret-5");
         assert_gone(r#"{"password":"hunter2","user":"x"}"#, "hunter2");
         assert_gone("password=hunter2&user=x", "hunter2");
         assert_gone("db_password: hunter2", "hunter2");
@@ -204,6 +262,9 @@ mod tests {
         assert_eq!(redact_target("/plain/path"), "/plain/path");
         assert_eq!(redact_target("/p?code=4/0AX4&state=ok"), "/p?code=[REDACTED]&state=ok");
         assert_eq!(redact_target("/p?flag"), "/p?flag");
+        assert_eq!(redact_target("/p?tok%65n=abc&q=1"), "/p?tok%65n=[REDACTED]&q=1");
+        assert_eq!(redact_target("/p?api_key%3Dabc"), "/p?[REDACTED]");
+        assert_eq!(redact_target("/p?passphrase=abc&phpsessid=def"), "/p?passphrase=[REDACTED]&phpsessid=[REDACTED]");
     }
 
     #[test]

@@ -75,21 +75,40 @@ fn summary_shows_admin_logs_and_health_checks() {
     let (code, out, _) = check(BASE);
     assert_eq!(code, 0);
     assert!(out.contains("admin: off") && out.contains("logs: access off, audit off"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
     let observed = BASE.replace(
         "targets = [\"127.0.0.1:9000\"]",
         "targets = [\"127.0.0.1:9000\"]\nhealth_check = { path = \"/health\" }",
-    ) + "\n[admin]\n[log]\naccess = \"stdout\"\naudit = \"/tmp/portcullis-audit.jsonl\"\n";
+    ) + &format!("\n[admin]\n[log]\naccess = \"stdout\"\naudit = \"{}\"\n", audit.display());
     let (code, out, err) = check(&observed);
     assert_eq!(code, 0, "{err}");
+    let logs = format!("logs: access stdout, audit {}", audit.display());
     for part in [
         "admin: http://127.0.0.1:9100 (/metrics, /healthz, /readyz)",
-        "logs: access stdout, audit /tmp/portcullis-audit.jsonl",
+        logs.as_str(),
         "api -> 127.0.0.1:9000 (health check GET /health every 5s)",
     ] {
         assert!(out.contains(part), "summary lacks {part:?}:\n{out}");
     }
     // check opens nothing: the audit file was not created.
-    assert!(!std::path::Path::new("/tmp/portcullis-audit.jsonl").exists());
+    assert!(!audit.exists());
+}
+
+#[test]
+fn config_errors_never_echo_a_secret() {
+    let key = "pcs_5e1f0a9c3b7d2e4f6a8b0c1d2e3f40516273849a5b6c7d8e9f0a1b2c3d4e5f6a";
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNlZ21lbnQtMTIzNDU2Nzg5MA";
+    // A key and a token pasted where other values were expected.
+    let text =
+        BASE.replace("[server]\n", &format!("[server]\nenvironment = \"{key}\"\ntrusted_proxies = [\"{jwt}\"]\n"));
+    let (code, out, err) = check(&text);
+    assert_eq!(code, 78, "{out}");
+    assert!(err.contains("server.environment") && err.contains("server.trusted_proxies[0]"), "{err}");
+    for secret in [&key[4..], jwt, "eyJzdWIiOiJ4In0"] {
+        assert!(!err.contains(secret), "{secret} in {err}");
+    }
+    assert!(err.contains("[REDACTED]"), "{err}");
 }
 
 #[test]

@@ -593,3 +593,39 @@ async fn garbage_or_a_slow_idp_keeps_the_last_good_key_set() {
     }
     assert!(gw.stderr().contains("keeping the last good key set"), "{}", gw.stderr());
 }
+
+#[tokio::test]
+async fn jwks_fetches_are_counted_by_result() {
+    let k1 = SigningKey::generate(Algorithm::RS256, "k1");
+    let k2 = SigningKey::generate(Algorithm::RS256, "k2");
+    let idp = Idp::start(Jwks::Serve(jwks(&[&k1]))).await;
+    let upstream = Upstream::start("api").await;
+    let admin = common::free_addr();
+    let timing =
+        format!("jwks_min_refresh_interval = \"1s\"\njwks_refresh_interval = \"1h\"\n[admin]\naddress = \"{admin}\"");
+    let gw = remote(&idp.url(), &upstream, &timing).await;
+    common::wait_listening(admin).await;
+    let series = |result: &str| format!(r#"portcullis_jwks_refresh_total{{issuer="idp",result="{result}"}} "#);
+    let scrape = || async {
+        let body = common::send(admin, "GET", "/metrics", &[]).await.body;
+        String::from_utf8(body).unwrap()
+    };
+    let count = |scrape: &str, result: &str| -> u64 {
+        scrape.lines().find_map(|l| l.strip_prefix(series(result).as_str())?.parse().ok()).unwrap_or(0)
+    };
+    let c = claims("https://idp.test/", "registry");
+    assert_ok(&get(&gw, "/api/v1/models", &k1.sign(&c)).await);
+    assert_eq!(count(&scrape().await, "updated"), 1, "the first fetch loaded the set");
+
+    // The IdP fails: an unknown kid asks for a refresh, which is counted as a failure.
+    idp.set(Jwks::Status(500));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_401(&get(&gw, "/api/v1/models", &k2.sign(&c)).await, INVALID_TOKEN);
+    // The same document again: unchanged.
+    idp.set(Jwks::Serve(jwks(&[&k1])));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_401(&get(&gw, "/api/v1/models", &k2.sign(&c)).await, INVALID_TOKEN);
+    let text = scrape().await;
+    assert_eq!((count(&text, "updated"), count(&text, "failure"), count(&text, "unchanged")), (1, 1, 1), "{text}");
+    assert_eq!(idp.fetches(), 3);
+}

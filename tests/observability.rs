@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{assert_error, free_addr, send, Gateway, RawResponse, Upstream};
+use std::collections::HashMap;
+
+use common::{assert_error, free_addr, refusing_port, send, wait_listening, Gateway, RawResponse, Upstream};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -20,6 +22,8 @@ const HMAC_SECRET: &str = "observability-hmac-secret-0123456789abcdef";
 const EMAIL: &str = "jane.doe@example.com";
 const PASSWORD: &str = "hunter2-correct-horse";
 const QUERY_TOKEN: &str = "querytoken7f3a9";
+const BASIC: &str = "Basic YWxpY2U6b3BlbiBzZXNhbWUgNDI="; // alice:open sesame 42
+const COOKIE_SECRET: &str = "cookie-session-9f8e7d";
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
@@ -49,11 +53,10 @@ impl Tokens {
 
 /// A gateway with the admin listener, both logs in `logs`, an API key, an HS256 issuer, CORS, a
 /// tight limit, a live upstream and a dead one.
-async fn observed_gateway(logs: &Path, admin: SocketAddr, upstream: &Upstream) -> Gateway {
+async fn observed_gateway(logs: &Path, admin: SocketAddr, upstream: &Upstream, dead: SocketAddr) -> Gateway {
     let secret = logs.join("hmac.secret");
     std::fs::write(&secret, HMAC_SECRET).unwrap();
     let hash = format!("hash = \"sha256:{}\"", hex::encode(Sha256::digest(KEY.as_bytes())));
-    let dead = free_addr();
     let config = format!(
         r#"
 [server]
@@ -120,6 +123,17 @@ name = "gone"
 path = "/gone"
 upstream = "gone"
 auth = "none"
+
+[[upstream]]
+name = "slow"
+targets = ["{upstream}"]
+read_timeout = "300ms"
+
+[[route]]
+name = "slow"
+path = "/slow"
+upstream = "slow"
+auth = "none"
 "#,
         access = logs.join("access.jsonl").display(),
         audit = logs.join("audit.jsonl").display(),
@@ -127,7 +141,27 @@ auth = "none"
         hash = hash.trim(),
         secret = secret.display(),
     );
-    Gateway::start(&config).await
+    let gw = Gateway::start(&config).await;
+    wait_listening(admin).await;
+    gw
+}
+
+/// What a test needs around the observed gateway.
+struct Observed {
+    gw: Gateway,
+    admin: SocketAddr,
+    upstream: Upstream,
+    logs: tempfile::TempDir,
+    _dead: tokio::net::TcpSocket,
+}
+
+async fn observed() -> Observed {
+    let upstream = Upstream::start("api").await;
+    let logs = tempfile::tempdir().unwrap();
+    let admin = free_addr();
+    let (dead_socket, dead) = refusing_port();
+    let gw = observed_gateway(logs.path(), admin, &upstream, dead).await;
+    Observed { gw, admin, upstream, logs, _dead: dead_socket }
 }
 
 /// The scripted session: every kind of outcome once (three on the limited route). Returns the
@@ -158,12 +192,25 @@ async fn session(gw: &Gateway, tokens: &Tokens) -> Vec<RawResponse> {
     out.push(common::get_with_host(a, "/models", "evil.example.com").await);
     // 12: a dead upstream, with secrets in the query (Pingora logs the failure).
     out.push(send(a, "GET", &format!("/gone?password={PASSWORD}&token={QUERY_TOKEN}"), &[]).await);
+    // 13-15: Basic credentials, an unknown key as a bearer token, a cookie beside a good key.
+    out.push(send(a, "GET", "/models", &[("Authorization", BASIC)]).await);
+    out.push(send(a, "GET", "/models", &[("Authorization", &bearer(WRONG_KEY))]).await);
+    let cookie = format!("session={COOKIE_SECRET}; theme=dark");
+    out.push(send(a, "GET", "/models", &[("X-API-Key", KEY), ("Cookie", &cookie)]).await);
+    // 16: an upstream slower than its read_timeout.
+    out.push(send(a, "GET", "/slow", &[]).await);
     out
 }
 
+/// Requests in the session.
+const SESSION: usize = 17;
+
 fn expected_statuses(responses: &[RawResponse]) {
     let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [200, 200, 401, 401, 401, 401, 403, 200, 200, 429, 403, 421, 502]);
+    assert_eq!(statuses, [200, 200, 401, 401, 401, 401, 403, 200, 200, 429, 403, 421, 502, 401, 401, 200, 504]);
+    for r in responses {
+        assert!(r.header("x-request-id").is_some_and(|id| !id.is_empty()));
+    }
 }
 
 /// `GET {path}` on the admin listener.
@@ -198,6 +245,31 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
     scrape.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Polls the scrape until `series` reads `value` (gauges settle after the response is sent).
+async fn settles(admin: SocketAddr, series: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let scrape = String::from_utf8(admin_get(admin, "/metrics").await.body).unwrap();
+        if sample(&scrape, series) == Some(value) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} is not {value}:\n{scrape}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Lines by request id (the log is written after each response, so its order may differ from
+/// the order the responses arrived in).
+fn by_request_id(lines: &[Value]) -> HashMap<String, Vec<&Value>> {
+    let mut map: HashMap<String, Vec<&Value>> = HashMap::new();
+    for line in lines {
+        if let Some(id) = line["request_id"].as_str() {
+            map.entry(id.to_string()).or_default().push(line);
+        }
+    }
+    map
+}
+
 /// Reads a JSON-lines file until it has `n` lines (the writer thread is asynchronous).
 fn read_lines(path: &PathBuf, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -214,47 +286,56 @@ fn read_lines(path: &PathBuf, n: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn metrics_count_known_traffic() {
-    let upstream = Upstream::start("api").await;
-    let logs = tempfile::tempdir().unwrap();
-    let admin = free_addr();
-    let gw = observed_gateway(logs.path(), admin, &upstream).await;
+    let Observed { gw, admin, upstream: _upstream, logs: _logs, _dead } = observed().await;
+    // A keep-alive connection held open: counted as active until it closes.
+    let mut held = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut held, b"GET /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    assert_eq!(common::read_response(&mut held).await.status, 404);
+    let active = format!(r#"portcullis_connections_active{{listener="{}"}}"#, gw.addr);
+    settles(admin, &active, 1.0).await;
+    drop(held);
+    settles(admin, &active, 0.0).await;
+
     let responses = session(&gw, &Tokens::new()).await;
     expected_statuses(&responses);
 
-    let scrape = scrape_after(admin, 13.0).await;
+    let scrape = scrape_after(admin, SESSION as f64 + 1.0).await;
     let count = |series: &str| sample(&scrape, series).unwrap_or_else(|| panic!("no {series} in\n{scrape}"));
     for (series, expected) in [
-        (r#"portcullis_requests_total{method="GET",route="models",status="200"}"#, 2.0),
-        (r#"portcullis_requests_total{method="GET",route="models",status="401"}"#, 4.0),
+        (r#"portcullis_requests_total{method="GET",route="models",status="200"}"#, 3.0),
+        (r#"portcullis_requests_total{method="GET",route="models",status="401"}"#, 6.0),
         (r#"portcullis_requests_total{method="GET",route="train",status="403"}"#, 1.0),
         (r#"portcullis_requests_total{method="GET",route="limited",status="200"}"#, 2.0),
         (r#"portcullis_requests_total{method="GET",route="limited",status="429"}"#, 1.0),
         (r#"portcullis_requests_total{method="OPTIONS",route="models",status="403"}"#, 1.0),
         (r#"portcullis_requests_total{method="GET",route="",status="421"}"#, 1.0),
+        (r#"portcullis_requests_total{method="GET",route="",status="404"}"#, 1.0),
         (r#"portcullis_requests_total{method="GET",route="gone",status="502"}"#, 1.0),
-        (r#"portcullis_request_duration_seconds_count{route="models"}"#, 7.0),
-        (r#"portcullis_upstream_duration_seconds_count{upstream="api"}"#, 4.0),
+        (r#"portcullis_requests_total{method="GET",route="slow",status="504"}"#, 1.0),
+        (r#"portcullis_request_duration_seconds_count{route="models"}"#, 10.0),
+        (r#"portcullis_upstream_duration_seconds_count{upstream="api"}"#, 5.0),
         (r#"portcullis_upstream_errors_total{kind="connect_refused",upstream="gone"}"#, 1.0),
-        (r#"portcullis_auth_decisions_total{method="api_key",reason="ok",result="success"}"#, 1.0),
+        (r#"portcullis_upstream_errors_total{kind="read_timeout",upstream="slow"}"#, 1.0),
+        (r#"portcullis_auth_decisions_total{method="api_key",reason="ok",result="success"}"#, 2.0),
         (r#"portcullis_auth_decisions_total{method="jwt",reason="ok",result="success"}"#, 1.0),
         (r#"portcullis_auth_decisions_total{method="none",reason="missing",result="failure"}"#, 1.0),
-        (r#"portcullis_auth_decisions_total{method="api_key",reason="unknown_key",result="failure"}"#, 1.0),
+        (r#"portcullis_auth_decisions_total{method="api_key",reason="unknown_key",result="failure"}"#, 2.0),
+        (r#"portcullis_auth_decisions_total{method="unknown",reason="malformed",result="failure"}"#, 1.0),
         (r#"portcullis_auth_decisions_total{method="jwt",reason="expired",result="failure"}"#, 1.0),
         (r#"portcullis_auth_decisions_total{method="jwt",reason="bad_signature",result="failure"}"#, 1.0),
         (r#"portcullis_auth_decisions_total{method="api_key",reason="permission",result="denied"}"#, 1.0),
         (r#"portcullis_rate_limited_total{policy="tight"}"#, 1.0),
         ("portcullis_cors_rejected_total", 1.0),
         ("portcullis_host_rejected_total", 1.0),
-        ("portcullis_requests_in_flight", 0.0),
-        (r#"portcullis_config_reloads_total{result="failure"}"#, 0.0),
         (r#"portcullis_upstream_healthy_targets{upstream="api"}"#, 1.0),
-        (&format!(r#"portcullis_connections_active{{listener="{}"}}"#, gw.addr), 0.0),
         (&format!(r#"portcullis_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION")), 1.0),
     ] {
         assert_eq!(count(series), expected, "{series}");
     }
-    assert!(count(&format!(r#"portcullis_connections_total{{listener="{}"}}"#, gw.addr)) >= 13.0);
-    assert!(sample(&scrape, "process_resident_memory_bytes").unwrap() > 0.0);
+    // No connect error was counted for the slow upstream: it connected, then timed out.
+    assert_eq!(sample(&scrape, r#"portcullis_upstream_errors_total{kind="connect_refused",upstream="slow"}"#), None);
+    assert!(count(&format!(r#"portcullis_connections_total{{listener="{}"}}"#, gw.addr)) >= SESSION as f64);
+    assert!(count("process_resident_memory_bytes") > 0.0);
     // Labels stay bounded: no path, address, key or token made it into a label.
     for leak in ["/models", "127.0.0.1:", "pcs_", "eyJ", "evil"] {
         assert!(
@@ -262,13 +343,15 @@ async fn metrics_count_known_traffic() {
             "{leak} in a label:\n{scrape}"
         );
     }
+    settles(admin, "portcullis_requests_in_flight", 0.0).await;
+    settles(admin, &active, 0.0).await;
 
     // More traffic moves the counters.
     send(gw.addr, "GET", "/models", &[("X-API-Key", KEY)]).await;
-    let scrape = scrape_after(admin, 14.0).await;
-    assert_eq!(sample(&scrape, r#"portcullis_requests_total{method="GET",route="models",status="200"}"#), Some(3.0));
+    let scrape = scrape_after(admin, SESSION as f64 + 2.0).await;
+    assert_eq!(sample(&scrape, r#"portcullis_requests_total{method="GET",route="models",status="200"}"#), Some(4.0));
 
-    // promtool is installed by .ci/run: on CI the exposition is checked by Prometheus' own linter.
+    // promtool is installed by .ci/run: there the exposition is checked by Prometheus' own linter.
     match std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -291,91 +374,127 @@ async fn metrics_count_known_traffic() {
 
 #[tokio::test]
 async fn access_and_audit_logs_record_the_session_without_secrets() {
-    let upstream = Upstream::start("api").await;
-    let logs = tempfile::tempdir().unwrap();
-    let admin = free_addr();
-    let gw = observed_gateway(logs.path(), admin, &upstream).await;
+    let started = std::time::SystemTime::now();
+    let Observed { gw, admin: _admin, upstream, logs, _dead } = observed().await;
     let tokens = Tokens::new();
     let responses = session(&gw, &tokens).await;
     expected_statuses(&responses);
+    let finished = std::time::SystemTime::now() + Duration::from_secs(1);
+    let id = |i: usize| responses[i].header("x-request-id").unwrap().to_string();
 
-    let access = read_lines(&logs.path().join("access.jsonl"), 13);
-    for (line, resp) in access.iter().zip(&responses) {
+    let access_lines = read_lines(&logs.path().join("access.jsonl"), SESSION);
+    let access_by_id = by_request_id(&access_lines);
+    let access = |i: usize| -> &Value {
+        let lines = &access_by_id[&id(i)];
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        lines[0]
+    };
+    for (i, resp) in responses.iter().enumerate() {
+        let line = access(i);
         assert_eq!(line["log"], "access");
         assert_eq!(line["status"], resp.status);
-        assert_eq!(line["request_id"].as_str(), resp.header("x-request-id"), "{line}");
         assert_eq!(line["client_ip"], "127.0.0.1");
+        assert_eq!(line["method"], if i == 10 { "OPTIONS" } else { "GET" });
+        assert_eq!(line["protocol"], "HTTP/1.1");
+        assert_eq!(line["tls"], false);
         assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
-        assert!(line["time"].as_str().unwrap().ends_with('Z'));
+        let time = humantime::parse_rfc3339(line["time"].as_str().unwrap()).unwrap();
+        assert!(time >= started - Duration::from_secs(1) && time <= finished, "{line}");
         assert_eq!(line["bytes"].as_u64().unwrap() as usize, resp.body.len(), "{line}");
         if resp.status >= 400 {
             assert_eq!(line["error"], resp.json()["error"]["code"], "{line}");
+        } else {
+            assert!(line.get("error").is_none());
         }
     }
-    let first = &access[0];
-    assert_eq!(first["method"], "GET");
+    let first = access(0);
     assert_eq!(first["route"], "models");
+    assert_eq!(first["host"], "localhost");
     assert_eq!(first["path"], "/models?api_key=[REDACTED]&page=2");
     assert_eq!(first["auth_method"], "api_key");
     assert_eq!(first["key_id"], "ci-bot");
+    assert_eq!(first["subject"], "ci-bot");
     assert_eq!(first["upstream"], "api");
     assert_eq!(first["upstream_addr"], upstream.addr.to_string());
     assert_eq!(first["upstream_status"], 200);
-    assert_eq!(first["protocol"], "HTTP/1.1");
-    assert_eq!(access[1]["auth_method"], "jwt");
-    assert_eq!(access[1]["issuer"], "local");
-    assert_eq!(access[1]["subject"], "[REDACTED]");
-    assert_eq!(access[3]["reason"], "unknown_key");
-    assert!(access[3].get("upstream").is_none(), "a refused request never reached an upstream");
-    assert_eq!(access[4]["reason"], "expired");
-    assert_eq!(access[5]["reason"], "bad_signature");
-    assert_eq!(access[9]["reason"], "rate_limited");
-    assert_eq!(access[11]["host"], "evil.example.com");
-    assert!(access[11].get("route").is_none());
-    assert_eq!(access[12]["path"], "/gone?password=[REDACTED]&token=[REDACTED]");
-    assert_eq!(access[12]["upstream"], "gone");
-    assert!(access[12].get("upstream_status").is_none());
+    assert!(first["upstream_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(access(1)["auth_method"], "jwt");
+    assert_eq!(access(1)["issuer"], "local");
+    assert_eq!(access(1)["subject"], "[REDACTED]");
+    assert_eq!(access(2)["reason"], "missing");
+    assert_eq!(access(3)["reason"], "unknown_key");
+    assert!(access(3).get("upstream").is_none(), "a refused request never reached an upstream");
+    assert!(access(3).get("auth_method").is_none());
+    assert_eq!(access(4)["reason"], "expired");
+    assert_eq!(access(5)["reason"], "bad_signature");
+    assert_eq!(access(6)["reason"], "permission_denied");
+    assert_eq!(access(9)["reason"], "rate_limited");
+    assert_eq!(access(10)["reason"], "cors_rejected");
+    assert_eq!(access(11)["host"], "evil.example.com");
+    assert!(access(11).get("route").is_none());
+    assert_eq!(access(12)["path"], "/gone?password=[REDACTED]&token=[REDACTED]");
+    assert_eq!(access(12)["upstream"], "gone");
+    assert!(access(12).get("upstream_status").is_none());
+    assert_eq!(access(13)["reason"], "malformed");
+    assert_eq!(access(16)["upstream"], "slow");
+    assert_eq!(access(16)["reason"], "upstream_timeout");
+    assert!(access(16).get("upstream_status").is_none());
 
-    let audit = read_lines(&logs.path().join("audit.jsonl"), 12);
-    let events: Vec<&str> = audit.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    // The audit log: 1 config_loaded + 14 events of the session.
+    let audit_lines = read_lines(&logs.path().join("audit.jsonl"), 15);
+    assert_eq!(audit_lines[0]["event"], "config_loaded");
+    assert!(audit_lines[0]["files"][0].as_str().unwrap().ends_with("gateway.toml"));
+    for line in &audit_lines[1..] {
+        assert_eq!(line["log"], "audit");
+        assert_eq!(line["client_ip"], "127.0.0.1", "{line}");
+        assert!(line["request_id"].is_string(), "{line}");
+        humantime::parse_rfc3339(line["time"].as_str().unwrap()).unwrap();
+    }
+    let audit_by_id = by_request_id(&audit_lines);
+    let events = |i: usize| -> Vec<&Value> { audit_by_id.get(&id(i)).cloned().unwrap_or_default() };
+    let names =
+        |i: usize| -> Vec<String> { events(i).iter().map(|l| l["event"].as_str().unwrap().to_string()).collect() };
+    for (i, expected) in [
+        (0, vec!["auth_success"]),
+        (1, vec!["auth_success"]),
+        (2, vec!["auth_failure"]),
+        (3, vec!["auth_failure"]),
+        (4, vec!["auth_failure"]),
+        (5, vec!["auth_failure"]),
+        (6, vec!["auth_success", "permission_denied"]),
+        (7, vec![]),
+        (9, vec!["rate_limited"]),
+        (10, vec!["cors_rejected"]),
+        (11, vec!["host_rejected"]),
+        (12, vec![]),
+        (13, vec!["auth_failure"]),
+        (14, vec!["auth_failure"]),
+        (15, vec!["auth_success"]),
+        (16, vec![]),
+    ] {
+        assert_eq!(names(i), expected, "request {i}");
+    }
+    let ev = |i: usize, n: usize| events(i)[n].clone();
+    assert_eq!((ev(0, 0)["key_id"].clone(), ev(0, 0)["method"].clone()), (json!("ci-bot"), json!("api_key")));
+    assert_eq!(ev(0, 0)["route"], "models");
+    assert_eq!((ev(1, 0)["method"].clone(), ev(1, 0)["issuer"].clone()), (json!("jwt"), json!("local")));
+    assert_eq!(ev(1, 0)["subject"], "[REDACTED]");
+    assert_eq!((ev(2, 0)["reason"].clone(), ev(2, 0)["method"].clone()), (json!("missing"), json!("none")));
+    assert!(ev(2, 0).get("key_prefix").is_none());
+    assert_eq!((ev(3, 0)["reason"].clone(), ev(3, 0)["key_prefix"].clone()), (json!("unknown_key"), json!("pcs_")));
+    assert_eq!((ev(4, 0)["reason"].clone(), ev(4, 0)["method"].clone()), (json!("expired"), json!("jwt")));
+    assert!(ev(4, 0).get("key_prefix").is_none(), "a JWT never gets a prefix");
+    assert_eq!(ev(5, 0)["reason"], "bad_signature");
+    assert_eq!((ev(6, 1)["permission"].clone(), ev(6, 1)["key_id"].clone()), (json!("run_training"), json!("ci-bot")));
+    assert_eq!(ev(6, 1)["route"], "train");
+    assert_eq!(ev(9, 0)["policy"], "tight");
     assert_eq!(
-        events,
-        [
-            "config_loaded",
-            "auth_success",
-            "auth_success",
-            "auth_failure",
-            "auth_failure",
-            "auth_failure",
-            "auth_failure",
-            "auth_success",
-            "permission_denied",
-            "rate_limited",
-            "cors_rejected",
-            "host_rejected",
-        ]
+        (ev(10, 0)["origin"].clone(), ev(10, 0)["rejected"].clone()),
+        (json!("https://evil.example.net"), json!("origin"))
     );
-    let by_request = |i: usize| responses[i].header("x-request-id").map(str::to_string);
-    assert_eq!(audit[1]["key_id"], "ci-bot");
-    assert_eq!(audit[1]["method"], "api_key");
-    assert_eq!(audit[1]["client_ip"], "127.0.0.1");
-    assert_eq!(audit[1]["request_id"].as_str().map(str::to_string), by_request(0));
-    assert_eq!(audit[2]["method"], "jwt");
-    assert_eq!(audit[2]["issuer"], "local");
-    assert_eq!(audit[2]["subject"], "[REDACTED]");
-    assert_eq!((audit[3]["reason"].as_str(), audit[3]["method"].as_str()), (Some("missing"), Some("none")));
-    assert!(audit[3].get("key_prefix").is_none());
-    assert_eq!(audit[4]["reason"], "unknown_key");
-    assert_eq!(audit[4]["key_prefix"], "pcs_");
-    assert_eq!((audit[5]["reason"].as_str(), audit[5]["method"].as_str()), (Some("expired"), Some("jwt")));
-    assert_eq!(audit[6]["reason"], "bad_signature");
-    assert_eq!(audit[8]["permission"], "run_training");
-    assert_eq!(audit[8]["key_id"], "ci-bot");
-    assert_eq!(audit[8]["route"], "train");
-    assert_eq!(audit[9]["policy"], "tight");
-    assert_eq!(audit[10]["origin"], "https://evil.example.net");
-    assert_eq!(audit[10]["rejected"], "origin");
-    assert_eq!(audit[11]["host"], "evil.example.com");
+    assert_eq!(ev(11, 0)["host"], "evil.example.com");
+    assert_eq!((ev(13, 0)["reason"].clone(), ev(13, 0)["method"].clone()), (json!("malformed"), json!("unknown")));
+    assert_eq!((ev(14, 0)["reason"].clone(), ev(14, 0)["key_prefix"].clone()), (json!("unknown_key"), json!("pcs_")));
 
     // No secret of the session anywhere: logs, the process log, error bodies.
     let mut haystacks = vec![
@@ -385,20 +504,21 @@ async fn access_and_audit_logs_record_the_session_without_secrets() {
     ];
     haystacks
         .extend(responses.iter().filter(|r| r.status >= 400).map(|r| String::from_utf8_lossy(&r.body).into_owned()));
-    let jwt_payload = |t: &str| t.split('.').nth(1).unwrap().to_string();
-    let secrets = [
+    let jwt_parts = |t: &str| t.split('.').map(str::to_string).collect::<Vec<_>>();
+    let mut secrets = vec![
         KEY[4..].to_string(),
         WRONG_KEY[4..].to_string(),
-        tokens.good.clone(),
-        jwt_payload(&tokens.good),
-        jwt_payload(&tokens.expired),
-        tokens.forged.split('.').nth(2).unwrap().to_string(),
         HMAC_SECRET.to_string(),
         EMAIL.to_string(),
         "jane.doe".to_string(),
         PASSWORD.to_string(),
         QUERY_TOKEN.to_string(),
+        BASIC[6..].to_string(),
+        COOKIE_SECRET.to_string(),
     ];
+    for token in [&tokens.good, &tokens.expired, &tokens.forged] {
+        secrets.extend(jwt_parts(token));
+    }
     for text in &haystacks {
         for secret in &secrets {
             assert!(!text.contains(secret.as_str()), "{secret} leaked into:\n{text}");
@@ -411,10 +531,7 @@ async fn access_and_audit_logs_record_the_session_without_secrets() {
 
 #[tokio::test]
 async fn admin_endpoints_and_nothing_else() {
-    let upstream = Upstream::start("api").await;
-    let logs = tempfile::tempdir().unwrap();
-    let admin = free_addr();
-    let gw = observed_gateway(logs.path(), admin, &upstream).await;
+    let Observed { gw, admin, upstream: _upstream, logs: _logs, _dead } = observed().await;
 
     let health = admin_get(admin, "/healthz").await;
     assert_eq!(health.status, 200);
@@ -447,8 +564,8 @@ async fn admin_endpoints_and_nothing_else() {
 #[tokio::test]
 async fn readiness_follows_upstream_health_checks() {
     let live = Upstream::start("live").await;
-    let dead = free_addr();
-    let revived = free_addr();
+    let (_dead_socket, dead) = refusing_port();
+    let (revived_socket, revived) = refusing_port();
     let admin = free_addr();
     let check = r#"health_check = { path = "/health", interval = "100ms", timeout = "500ms", healthy_threshold = 1, unhealthy_threshold = 1 }"#;
     let gw = Gateway::start(&format!(
@@ -474,21 +591,30 @@ auth = "none"
         live = live.addr,
     ))
     .await;
+    wait_listening(admin).await;
 
-    // Wait for the first probes: one target of "pool" passes, "down" has none.
+    // Wait until every target was probed: one of "pool" passes and one fails; "down" has none.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let ready = loop {
-        let ready = admin_get(admin, "/readyz").await;
-        let body = ready.json();
-        if body["upstreams"][0]["healthy_targets"] == 1 && body["upstreams"][1]["healthy_targets"] == 0 {
-            break ready;
+    loop {
+        let scrape = String::from_utf8(admin_get(admin, "/metrics").await.body).unwrap();
+        let probed = |upstream: &str, result: &str| {
+            let series =
+                format!(r#"portcullis_upstream_health_checks_total{{result="{result}",upstream="{upstream}"}}"#);
+            sample(&scrape, &series).unwrap_or(0.0) >= 1.0
+        };
+        if probed("pool", "success") && probed("pool", "failure") && probed("down", "failure") {
+            break;
         }
-        assert!(Instant::now() < deadline, "{body}");
+        assert!(Instant::now() < deadline, "{scrape}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+    let ready = admin_get(admin, "/readyz").await;
     assert_eq!(ready.status, 503);
-    assert_eq!(ready.json()["status"], "not_ready");
-    assert!(ready.json()["reason"].as_str().unwrap().contains("down"), "{}", ready.json());
+    let body = ready.json();
+    assert_eq!(body["status"], "not_ready");
+    assert!(body["reason"].as_str().unwrap().contains("down"), "{body}");
+    assert_eq!(body["upstreams"][0]["healthy_targets"], 1, "{body}");
+    assert_eq!(body["upstreams"][1]["healthy_targets"], 0, "{body}");
 
     // Requests skip the failing target: every one is served, none tried the dead address.
     let hits_before = live.hits();
@@ -499,12 +625,10 @@ auth = "none"
     let scrape = scrape_after(admin, 10.0).await;
     assert_eq!(sample(&scrape, r#"portcullis_upstream_errors_total{kind="connect_refused",upstream="pool"}"#), None);
     assert_eq!(sample(&scrape, r#"portcullis_upstream_healthy_targets{upstream="pool"}"#), Some(1.0));
-    assert!(
-        sample(&scrape, r#"portcullis_upstream_health_checks_total{result="failure",upstream="down"}"#).unwrap() >= 1.0
-    );
+    assert_eq!(sample(&scrape, r#"portcullis_upstream_healthy_targets{upstream="down"}"#), Some(0.0));
 
     // The target comes up: ready again.
-    let _revived = Upstream::start_on("revived", revived).await;
+    let _revived = Upstream::start_on_listener("revived", revived_socket.listen(64).unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ready = admin_get(admin, "/readyz").await;
@@ -515,6 +639,7 @@ auth = "none"
         assert!(Instant::now() < deadline, "{}", ready.json());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    settles(admin, r#"portcullis_upstream_healthy_targets{upstream="down"}"#, 1.0).await;
 }
 
 #[tokio::test]
@@ -539,25 +664,20 @@ auth = "none"
 "#
     ))
     .await;
+    wait_listening(admin).await;
     for _ in 0..20 {
         assert_eq!(send(gw.addr, "GET", "/", &[]).await.status, 200);
     }
-    let series = r#"portcullis_log_lines_dropped_total{log="access",reason="write_error"}"#;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let scrape = String::from_utf8(admin_get(admin, "/metrics").await.body).unwrap();
-        if sample(&scrape, series) == Some(20.0) {
-            // config_loaded was dropped too.
-            assert_eq!(
-                sample(&scrape, r#"portcullis_log_lines_dropped_total{log="audit",reason="write_error"}"#),
-                Some(1.0)
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "{scrape}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Still serving, and it said why it drops lines.
+    settles(admin, r#"portcullis_log_lines_dropped_total{log="access",reason="write_error"}"#, 20.0).await;
+    // config_loaded was dropped too.
+    settles(admin, r#"portcullis_log_lines_dropped_total{log="audit",reason="write_error"}"#, 1.0).await;
+    // Still serving, and it said why it drops lines, for each log.
     assert_eq!(send(gw.addr, "GET", "/", &[]).await.status, 200);
-    assert!(gw.stderr().contains("cannot write the log"), "{}", gw.stderr());
+    let stderr = gw.stderr();
+    for log in ["access", "audit"] {
+        assert!(
+            stderr.lines().any(|l| l.contains("cannot write the log") && l.contains(&format!(r#""log":"{log}""#))),
+            "{stderr}"
+        );
+    }
 }

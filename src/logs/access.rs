@@ -13,20 +13,32 @@
 //! authentication failure). No header value is logged but the host; the path and query are
 //! redacted (see [`crate::redact`]).
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
 use crate::ctx::Exchange;
 use crate::error::GatewayError;
-use crate::redact::{redact_target, redact_value};
+use crate::redact::{redact, redact_target, redact_value};
+
+/// The longest method logged: extension methods can be as long as a request head.
+const MAX_LOGGED_METHOD: usize = 32;
+
+fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 /// One access log line.
 #[derive(Debug, Serialize)]
 pub struct AccessRecord<'a> {
     log: &'static str,
     time: String,
-    request_id: &'a str,
+    request_id: Cow<'a, str>,
     client_ip: IpAddr,
     method: &'a str,
     host: String,
@@ -76,9 +88,9 @@ impl<'a> AccessRecord<'a> {
         AccessRecord {
             log: "access",
             time: super::timestamp(),
-            request_id: ctx.request_id.to_str().unwrap_or(""),
+            request_id: redact(ctx.request_id.to_str().unwrap_or("")),
             client_ip: ctx.client_ip,
-            method: x.request.method.as_str(),
+            method: truncated(x.request.method.as_str(), MAX_LOGGED_METHOD),
             host,
             path: redact_target(target),
             protocol: x.protocol,

@@ -14,6 +14,7 @@
 //! `auth_success` and then its refusal. Values a client chose (host, origin, subject) are
 //! redacted by [`crate::redact`]; a presented token or key never appears beyond its prefix.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use serde::Serialize;
@@ -22,7 +23,7 @@ use super::LogSink;
 use crate::ctx::Exchange;
 use crate::error::GatewayError;
 use crate::pipeline::auth::PrincipalSummary;
-use crate::redact::redact_value;
+use crate::redact::{redact, redact_value};
 
 /// One audit log line: the event and whichever fields it has.
 #[derive(Debug, Default, Serialize)]
@@ -31,7 +32,7 @@ pub struct AuditRecord<'a> {
     time: String,
     event: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<&'a str>,
+    request_id: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_ip: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,7 +71,7 @@ impl<'a> AuditRecord<'a> {
     fn about(event: &'static str, x: &'a Exchange<'a>) -> Self {
         let ctx = x.ctx;
         AuditRecord {
-            request_id: ctx.request_id.to_str().ok(),
+            request_id: ctx.request_id.to_str().ok().map(redact),
             client_ip: Some(ctx.client_ip),
             route: Some(x.route_name()).filter(|r| !r.is_empty()),
             ..Self::event(event)

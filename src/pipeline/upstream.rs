@@ -166,25 +166,20 @@ impl Upstream {
     }
 
     /// The target index for the `attempt`-th try of a request whose rotation starts at
-    /// `start`: the routable targets in rotation order, then the failing ones.
+    /// `start`: round robin over the routable targets (so each takes an equal share, not the
+    /// share of a failing neighbour too), then over the failing ones.
     fn pick(&self, servers: usize, start: usize, attempt: usize) -> usize {
-        let rotated = |i: usize| start.wrapping_add(i) % servers;
         if self.health_check.is_none() {
-            return rotated(attempt);
+            return start.wrapping_add(attempt) % servers;
         }
-        let mut remaining = attempt;
-        for routable in [true, false] {
-            for i in 0..servers {
-                let index = rotated(i);
-                if (self.health[index].get() != Health::Unhealthy) == routable {
-                    if remaining == 0 {
-                        return index;
-                    }
-                    remaining -= 1;
-                }
-            }
-        }
-        rotated(attempt)
+        let routable = |i: &usize| self.health[*i].get() != Health::Unhealthy;
+        let up = (0..servers).filter(routable).count();
+        let (pool_routable, position) = if attempt < up || up == servers {
+            (true, start.wrapping_add(attempt) % up.max(1))
+        } else {
+            (false, start.wrapping_add(attempt - up) % (servers - up))
+        };
+        (0..servers).filter(|i| routable(i) == pool_routable).nth(position).unwrap_or(position % servers)
     }
 
     /// The same upstream, reached over TLS.
@@ -276,12 +271,15 @@ mod tests {
         u.health[1].set(Health::Unhealthy);
         u.health[0].set(Health::Healthy);
         assert_eq!(u.healthy_targets(), 1);
-        // Every rotation skips port 2 until the routable ones are used up.
+        // Every rotation skips port 2 until the routable ones are used up...
         for start in 0..6 {
             assert_ne!(port(start, 0), 2);
-            assert_ne!(port(start, 1), 2);
+            assert_ne!(port(start, 0), port(start, 1));
             assert_eq!(port(start, 2), 2);
         }
+        // ...and the two routable targets share the load evenly.
+        let firsts: Vec<u16> = (0..6).map(|start| port(start, 0)).collect();
+        assert_eq!(firsts.iter().filter(|&&p| p == 1).count(), 3, "{firsts:?}");
         // All failing: requests still go somewhere, in rotation.
         for h in u.health.iter() {
             h.set(Health::Unhealthy);

@@ -115,6 +115,25 @@ impl Drop for Gateway {
     }
 }
 
+/// A loopback port that refuses connections and that nobody else can take: bound, not
+/// listening, for as long as the socket lives (`listen` on it later to bring it up).
+pub fn refusing_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+/// Waits until something accepts connections on `addr` (a service Pingora starts after the
+/// first listener, such as the admin one).
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A loopback address with a port that was free a moment ago.
 pub fn free_addr() -> SocketAddr {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
@@ -138,7 +157,11 @@ impl Upstream {
 
     /// Like [`Upstream::start`], on a given address.
     pub async fn start_on(name: &'static str, addr: SocketAddr) -> Upstream {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::start_on_listener(name, TcpListener::bind(addr).await.unwrap())
+    }
+
+    /// Like [`Upstream::start`], on a listening socket.
+    pub fn start_on_listener(name: &'static str, listener: TcpListener) -> Upstream {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
