@@ -681,3 +681,67 @@ auth = "none"
         );
     }
 }
+
+#[tokio::test]
+async fn http2_streams_share_a_connection_and_a_client_that_leaves_is_499() {
+    let upstream = Upstream::start("api").await;
+    let logs = tempfile::tempdir().unwrap();
+    let admin = free_addr();
+    let access = logs.path().join("access.jsonl");
+    let gw = Gateway::start_with(
+        &format!(
+            r#"
+[server]
+allowed_hosts = ["localhost"]
+[admin]
+address = "{admin}"
+[log]
+access = "{access}"
+[[upstream]]
+name = "api"
+targets = ["{upstream}"]
+[[route]]
+path = "/"
+upstream = "api"
+auth = "none"
+"#,
+            access = access.display(),
+            upstream = upstream.addr,
+        ),
+        "h2c = true",
+    )
+    .await;
+    wait_listening(admin).await;
+    let connections = format!(r#"portcullis_connections_total{{listener="{}"}}"#, gw.addr);
+    let before = sample(&String::from_utf8(admin_get(admin, "/metrics").await.body).unwrap(), &connections);
+
+    // Three streams on one HTTP/2 connection.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    for i in 0..3 {
+        let mut client = client.clone().ready().await.unwrap();
+        let request = http::Request::get(format!("http://localhost/h2/{i}")).body(()).unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+    }
+    drop(client);
+    let _ = driver.await;
+    settles(admin, &connections, before.unwrap_or(0.0) + 1.0).await;
+
+    // A client that gives up before the (slow) upstream answers.
+    let mut leaving = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut leaving, b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(leaving);
+
+    let lines = read_lines(&access, 4);
+    let h2: Vec<&Value> = lines.iter().filter(|l| l["protocol"] == "HTTP/2").collect();
+    assert_eq!(h2.len(), 3, "{lines:?}");
+    assert!(h2.iter().all(|l| l["status"] == 200 && l["path"].as_str().unwrap().starts_with("/h2/")));
+    let left = lines.iter().find(|l| l["path"] == "/slow").unwrap();
+    assert_eq!(left["status"], 499, "{left}");
+    assert_eq!(left["bytes"], 0);
+    settles(admin, r#"portcullis_requests_total{method="GET",route="/",status="499"}"#, 1.0).await;
+    settles(admin, "portcullis_requests_in_flight", 0.0).await;
+}

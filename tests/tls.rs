@@ -322,8 +322,10 @@ async fn mutual_tls_accepts_the_ca_s_clients_and_refuses_others() {
     let dir = tempfile::tempdir().unwrap();
     let client_ca = dir.path().join("clients.pem");
     std::fs::write(&client_ca, clients.pem()).unwrap();
+    let (access_log, audit_log) = (dir.path().join("access.jsonl"), dir.path().join("audit.jsonl"));
+    let logs = format!("[log]\naccess = \"{}\"\naudit = \"{}\"\n", access_log.display(), audit_log.display());
     let s =
-        start(&upstream, &[("site", &["localhost"])], &format!("client_ca = \"{}\"", client_ca.display()), "").await;
+        start(&upstream, &[("site", &["localhost"])], &format!("client_ca = \"{}\"", client_ca.display()), &logs).await;
     let (good_cert, good_key) = clients.client("billing-service").write(dir.path(), "good");
     let (bad_cert, bad_key) = Ca::new("Another CA").client("intruder").write(dir.path(), "bad");
     let (addr, ca) = (s.gw.addr, ca_file(&s));
@@ -363,6 +365,33 @@ async fn mutual_tls_accepts_the_ca_s_clients_and_refuses_others() {
     assert!(refused.is_some(), "a certificate from another CA is refused");
     assert_eq!(anonymous.0, 401, "no certificate and no token: the route requires a caller");
     assert_eq!(upstream.hits(), 1);
+
+    // The logs say who came over TLS with which certificate.
+    let read = |path: &Path, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            if lines.len() >= n || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let access = read(&access_log, 2);
+    let served = access.iter().find(|l| l["status"] == 200).unwrap();
+    assert_eq!(served["tls"], true);
+    assert_eq!(served["auth_method"], "mtls");
+    assert_eq!(served["subject"], "CN=billing-service,O=Portcullis Tests");
+    let refused = access.iter().find(|l| l["status"] == 401).unwrap();
+    assert_eq!(
+        (refused["tls"].clone(), refused["reason"].clone()),
+        (serde_json::json!(true), serde_json::json!("missing"))
+    );
+    let audit = read(&audit_log, 3);
+    let success = audit.iter().find(|l| l["event"] == "auth_success").unwrap();
+    assert_eq!(success["method"], "mtls");
+    assert_eq!(success["subject"], "CN=billing-service,O=Portcullis Tests");
 }
 
 #[tokio::test]
