@@ -281,5 +281,24 @@ fn jwts(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hosts, paths, routes, cors, rate_limits, forwarding, api_keys, jwts);
+/// What every access log line pays for its client-supplied fields.
+fn redaction(c: &mut Criterion) {
+    use portcullis::redact::{redact, redact_target};
+    let mut g = c.benchmark_group("redact");
+    g.bench_function("plain_path", |b| b.iter(|| redact_target(black_box("/api/v1/models/42"))));
+    g.bench_function("path_and_query", |b| {
+        b.iter(|| redact_target(black_box("/api/v1/models?page=2&token=abc&q=cats")))
+    });
+    g.bench_function("uuid", |b| b.iter(|| redact(black_box("550e8400-e29b-41d4-a716-446655440000"))));
+    g.bench_function("path_with_uuid", |b| {
+        b.iter(|| redact_target(black_box("/api/v1/models/550e8400-e29b-41d4-a716-446655440000")))
+    });
+    g.bench_function("process_log_line", |b| {
+        let line = r#"{"timestamp":"2026-11-25T12:04:51.375098Z","level":"ERROR","fields":{"message":"Fail to proxy: Upstream ConnectRefused context: Peer: addr: 127.0.0.1:1, GET /gone?password=[REDACTED], host: localhost"},"target":"pingora_proxy"}"#;
+        b.iter(|| redact(black_box(line)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, hosts, paths, routes, cors, rate_limits, forwarding, api_keys, jwts, redaction);
 criterion_main!(benches);

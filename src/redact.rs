@@ -28,7 +28,7 @@
 use std::borrow::Cow;
 
 use once_cell::sync::Lazy;
-use regex::{Captures, Regex};
+use regex::bytes::Regex;
 
 /// What replaces a redacted value.
 pub const REDACTED: &str = "[REDACTED]";
@@ -39,37 +39,57 @@ pub const MAX_LOGGED_VALUE: usize = 512;
 /// Names (lower case, matched as substrings) whose values are secrets in `name=value` pairs.
 const SECRET_NAMES: &str = "password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|authorization|cookie|session|credential|jwt|signature|otp";
 
-static PATTERNS: Lazy<Regex> = Lazy::new(|| {
-    let pattern = [
-        // 1. Credential headers: the whole value, whatever its scheme and spaces. (Listed before
-        //    the secret-named pair, which would otherwise take the same name and stop at a space.)
-        r#"(?P<hname>(?i:(?:proxy-)?authorization|(?:set-)?cookie))(?P<hassign>\\?"?\s*[=:]\s*\\?"?)(?P<hvalue>[^\r\n"\\]+)"#,
-        // 2. An auth scheme and its credential.
-        r"|(?P<scheme>(?i:(?:\b|%[0-9A-Fa-f]{2})(?:bearer|basic|digest|negotiate)))(?P<sep>\s+|%20|\+|\\t)(?P<credential>[A-Za-z0-9._~+/=%-]+)",
-        // 3. A JWT: base64url of `{"` always begins `eyJ`.
-        r"|(?P<jwt>eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)",
-        // 4. A Portcullis API key.
-        r"|(?P<apikey>pcs_[A-Za-z0-9]+)",
-        // 5. An e-mail address, plain or percent-encoded.
-        r"|(?P<email>[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})",
-        // 6. A secret-named pair: keep the name and separator, drop the value (and the auth
-        //    scheme in front of it). Quotes may be JSON-escaped, as in the process log.
-        r#"|(?P<name>(?i:[A-Za-z0-9_-]*(?:"#,
-        SECRET_NAMES,
-        r#")[A-Za-z0-9_-]*))(?P<assign>\\?"?\s*[=:]\s*\\?"?)(?P<value>(?:(?i:bearer|basic|digest|negotiate)(?:\s+|%20|\+))?[^\s&"',;}\\]+)"#,
-        // 7. A long run mixing letters and digits: checked in `replace`.
-        r"|(?P<run>[A-Za-z0-9_-]{32,})",
-    ]
-    .concat();
-    #[allow(clippy::expect_used)] // a constant pattern, covered by the tests below
-    Regex::new(&pattern).expect("the redaction pattern compiles")
+/// 1. Credential headers: the whole value, whatever its scheme and spaces. (Listed before the
+///    secret-named pair, which would otherwise take the same name and stop at a space.)
+const CREDENTIAL_HEADER: &str = r#"(?i:(?:proxy-)?authorization|(?:set-)?cookie)(\\?"?\s*[=:]\s*\\?"?)[^\r\n"\\]+"#;
+/// 2. An auth scheme and its credential.
+const SCHEME: &str =
+    r"(?i:(?:\b|%[0-9A-Fa-f]{2})(?:bearer|basic|digest|negotiate))(\s+|%20|\+|\\t)[A-Za-z0-9._~+/=%-]+";
+/// 3. A JWT: base64url of `{"` always begins `eyJ`.
+const JWT: &str = r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*";
+/// 4. A Portcullis API key.
+const API_KEY: &str = r"pcs_[A-Za-z0-9]+";
+/// 5. An e-mail address, plain or percent-encoded.
+const EMAIL: &str = r"[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}";
+/// 7. A long run of letters and digits (kept unless it mixes both and is no UUID).
+const RUN: &str = r"[A-Za-z0-9_-]{32,}";
+
+/// 6. A secret-named pair: the name and separator are kept, the value (and an auth scheme in
+///    front of it) dropped. Quotes may be JSON-escaped, as in the process log.
+fn secret_pair() -> String {
+    format!(
+        r#"(?i:[A-Za-z0-9_-]*(?:{SECRET_NAMES})[A-Za-z0-9_-]*)(\\?"?\s*[=:]\s*\\?"?)(?:(?i:bearer|basic|digest|negotiate)(?:\s+|%20|\+))?[^\s&"',;}}\\]+"#
+    )
+}
+
+/// ASCII classes and word boundaries (`(?-u)`): every pattern is ASCII, and Unicode-aware
+/// `\b` and `\s` would make the engine leave its DFA. Matching bytes, a match still starts and
+/// ends on ASCII, so redacted text stays valid UTF-8.
+#[allow(clippy::expect_used)] // constant patterns, covered by the tests below
+fn compile(pattern: &str) -> Regex {
+    Regex::new(&format!("(?-u){pattern}")).expect("the redaction patterns compile")
+}
+
+/// Every rule, in priority order: the one search each text gets (no captures, so the regex
+/// engine stays on its fast DFA path).
+static ANY_SECRET: Lazy<Regex> = Lazy::new(|| {
+    let rules = [CREDENTIAL_HEADER, SCHEME, JWT, API_KEY, EMAIL, &secret_pair(), RUN];
+    compile(&rules.map(|r| format!("(?:{r})")).join("|"))
 });
 
-static UUID: Lazy<Regex> = Lazy::new(|| {
-    #[allow(clippy::expect_used)]
-    Regex::new(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-        .expect("the UUID pattern compiles")
-});
+/// The rules whose matches keep a prefix (name or scheme, and separator), anchored to split a
+/// match found by [`ANY_SECRET`]: capture group 1 is the separator.
+static KEEP_PREFIX: Lazy<[Regex; 3]> =
+    Lazy::new(|| [CREDENTIAL_HEADER, SCHEME, &secret_pair()].map(|r| compile(&format!("^(?:{r})$"))));
+
+/// `8-4-4-4-12` hex digits: a request id, kept.
+fn is_uuid(s: &[u8]) -> bool {
+    s.len() == 36
+        && s.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
 
 /// `text` with every secret-looking part replaced by [`REDACTED`]. Borrows when nothing matched.
 ///
@@ -93,25 +113,45 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 }
 
 fn redact_once(text: &str) -> Cow<'_, str> {
-    PATTERNS.replace_all(text, |c: &Captures<'_>| -> String {
-        if let (Some(name), Some(assign)) = (c.name("hname"), c.name("hassign")) {
-            return format!("{}{}{REDACTED}", name.as_str(), assign.as_str());
+    let bytes = text.as_bytes();
+    if is_uuid(bytes) {
+        return Cow::Borrowed(text);
+    }
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    for found in ANY_SECRET.find_iter(bytes) {
+        let Some(replacement) = replacement(found.as_bytes()) else { continue };
+        let out = out.get_or_insert_with(|| Vec::with_capacity(bytes.len()));
+        out.extend_from_slice(&bytes[copied..found.start()]);
+        out.extend_from_slice(&replacement);
+        copied = found.end();
+    }
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut out) => {
+            out.extend_from_slice(&bytes[copied..]);
+            // Replacements start and end on ASCII bytes: the result is UTF-8.
+            Cow::Owned(String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
         }
-        if let (Some(scheme), Some(sep)) = (c.name("scheme"), c.name("sep")) {
-            return format!("{}{}{REDACTED}", scheme.as_str(), sep.as_str());
+    }
+}
+
+/// What replaces a match: its kept prefix and [`REDACTED`], [`REDACTED`] alone, or nothing
+/// (`None`: a long run that is a UUID or not a mix of letters and digits).
+fn replacement(found: &[u8]) -> Option<Vec<u8>> {
+    for rule in KEEP_PREFIX.iter() {
+        if let Some(separator) = rule.captures(found).and_then(|c| c.get(1)) {
+            return Some([&found[..separator.end()], REDACTED.as_bytes()].concat());
         }
-        if let (Some(name), Some(assign)) = (c.name("name"), c.name("assign")) {
-            return format!("{}{}{REDACTED}", name.as_str(), assign.as_str());
+    }
+    let is_run = found.len() >= 32 && found.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-');
+    if is_run && !found.starts_with(b"pcs_") {
+        let mixed = found.iter().any(u8::is_ascii_digit) && found.iter().any(u8::is_ascii_alphabetic);
+        if !mixed || is_uuid(found) {
+            return None;
         }
-        if let Some(run) = c.name("run") {
-            let run = run.as_str();
-            let mixed = run.bytes().any(|b| b.is_ascii_digit()) && run.bytes().any(|b| b.is_ascii_alphabetic());
-            if !mixed || UUID.is_match(run) {
-                return run.to_string();
-            }
-        }
-        REDACTED.to_string()
-    })
+    }
+    Some(REDACTED.as_bytes().to_vec())
 }
 
 /// Query parameter names (lower case, matched as substrings) whose values are always dropped.
