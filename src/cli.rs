@@ -41,7 +41,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand, PartialEq, Eq)]
 pub enum Command {
     /// Start the gateway (the default).
-    Run,
+    Run {
+        /// Take over the listening sockets of a running gateway (Pingora's graceful upgrade):
+        /// start this, then send the old process SIGQUIT. Both use `server.upgrade_socket`.
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Exit 0 when the admin endpoint at URL answers 2xx within 3 s, 1 otherwise: a
+    /// container HEALTHCHECK without curl in the image.
+    Health {
+        /// The URL to ask.
+        #[arg(default_value = "http://127.0.0.1:9100/healthz")]
+        url: String,
+    },
     /// Load and validate the configuration, print a summary, and exit (78 on errors).
     Check,
     /// Show how a request would be handled: host, canonical path, route, what it requires.
@@ -108,6 +120,24 @@ pub fn generate_key(id: &str, permissions: &[String], expires_in: Option<&str>) 
         let _ = writeln!(out, "expires = \"{at}\"");
     }
     Ok(out)
+}
+
+/// `portcullis health URL`: `Ok` when the URL answers 2xx within 3 seconds.
+pub fn health(url: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(3))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let response = client.get(url).send().await.map_err(|e| format!("{url}: {e}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("{url} answered HTTP {}", response.status().as_u16()))
+        }
+    })
 }
 
 /// The summary `portcullis check` prints for a valid configuration.

@@ -15,6 +15,7 @@ pub mod logs;
 pub mod metrics;
 pub mod pipeline;
 pub mod redact;
+pub mod reload;
 pub mod tls;
 
 use std::sync::Arc;
@@ -92,9 +93,16 @@ pub fn open_logs(config: &Config) -> Result<Logs, String> {
 /// Builds the Pingora server for a validated configuration, without starting it.
 ///
 /// Returns the server and the shared runtime pointer that a reload swaps.
-pub fn build_server(config: &Config, logs: Arc<Logs>) -> (Server, SharedRuntime) {
+pub fn build_server(
+    config: &Config,
+    path: &std::path::Path,
+    logs: Arc<Logs>,
+    upgrade: bool,
+) -> (Server, SharedRuntime) {
     let process = &config.process;
     let conf = ServerConf {
+        // Where a new binary started with `run --upgrade` waits for this one's sockets.
+        upgrade_sock: process.upgrade_socket.display().to_string(),
         threads: process.threads,
         upstream_keepalive_pool_size: process.upstream_keepalive_pool_size,
         // Pingora keeps serving in-flight requests for the grace period after SIGTERM.
@@ -102,7 +110,8 @@ pub fn build_server(config: &Config, logs: Arc<Logs>) -> (Server, SharedRuntime)
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECONDS),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);
+    let opt = Opt { upgrade, ..Opt::default() };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let runtime: SharedRuntime = Arc::new(ArcSwap::new(config.runtime.clone()));
@@ -155,18 +164,10 @@ pub fn build_server(config: &Config, logs: Arc<Logs>) -> (Server, SharedRuntime)
         let watcher = tls::CertificateWatcher::new(watched);
         server.add_service(pingora::services::background::background_service("certificate reload", watcher));
     }
-    // Remote JWKS are fetched by one background task each, never on the request path.
-    // Config reload (issue 7) will have to start the task of a jwks_url it adds.
-    let remote_key_sets = config.runtime.auth.jwt.remote_key_sets();
-    if !remote_key_sets.is_empty() {
-        let refresher = pipeline::auth::jwks::JwksRefresher::new(remote_key_sets);
-        server.add_service(pingora::services::background::background_service("jwks refresh", refresher));
-    }
-    health::HealthChecker::publish(&config.runtime);
-    if health::HealthChecker::has_work(&config.runtime) {
-        let checker = health::HealthChecker::new(config.runtime.clone());
-        server.add_service(pingora::services::background::background_service("health checks", checker));
-    }
+    // The runtime's background tasks (JWKS fetches, health checks), never on the request path,
+    // and SIGHUP reload, which replaces both runtime and tasks.
+    let reloader = reload::Reloader::new(path.to_path_buf(), config, runtime.clone(), logs.clone());
+    server.add_service(pingora::services::background::background_service("reload", reloader));
     if let Some(address) = process.admin {
         let mut admin = Service::new("portcullis admin".to_string(), admin::AdminApp::new(runtime.clone()));
         admin.add_tcp(&address.to_string());
@@ -177,8 +178,12 @@ pub fn build_server(config: &Config, logs: Arc<Logs>) -> (Server, SharedRuntime)
     (server, runtime)
 }
 
-/// Starts the gateway and serves until a signal stops it.
-pub fn run(config: Config) -> ! {
+/// Starts the gateway with the configuration loaded from `path`, and serves until a signal
+/// stops it (`SIGHUP` reloads from `path`).
+///
+/// With `upgrade`, the listening sockets are taken over from the running gateway that is sent
+/// `SIGQUIT` (Pingora's graceful upgrade): no connection is refused across the swap.
+pub fn run(config: Config, path: &std::path::Path, upgrade: bool) -> ! {
     let logs = match open_logs(&config) {
         Ok(logs) => Arc::new(logs),
         Err(error) => {
@@ -189,7 +194,7 @@ pub fn run(config: Config) -> ! {
     if let Some(sink) = &logs.audit {
         logs::audit::config_loaded(sink, &config.files);
     }
-    let (server, _runtime) = build_server(&config, logs);
+    let (server, _runtime) = build_server(&config, path, logs, upgrade);
     for listener in &config.process.listeners {
         tracing::info!(address = %listener.address, h2c = listener.h2c, tls = listener.tls.is_some(), "listening");
     }

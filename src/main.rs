@@ -40,12 +40,26 @@ fn main() -> ExitCode {
             },
             Err(code) => code,
         },
-        Some(Command::Run) | None => match load() {
+        Some(Command::Run { upgrade }) => match load() {
             Ok(config) => {
                 init_logging(&config.process.log_level);
-                portcullis::run(config)
+                portcullis::run(config, &cli.config, *upgrade)
             }
             Err(code) => code,
+        },
+        None => match load() {
+            Ok(config) => {
+                init_logging(&config.process.log_level);
+                portcullis::run(config, &cli.config, false)
+            }
+            Err(code) => code,
+        },
+        Some(Command::Health { url }) => match cli::health(url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portcullis health: {e}");
+                ExitCode::from(1)
+            }
         },
     }
 }

@@ -196,6 +196,22 @@ pub struct ListenerTls {
     state: Mutex<Vec<SourceState>>,
 }
 
+impl ListenerTls {
+    /// The settings a reload cannot change, as text to compare: versions, ALPN, HSTS, client
+    /// CAs, and where the certificates come from.
+    pub fn settings_summary(&self) -> String {
+        let client_ca = self.client_ca.as_ref().map(|cas| {
+            cas.iter()
+                .filter_map(|c| c.digest(openssl::hash::MessageDigest::sha256()).ok().map(|d| hex::encode(&*d)))
+                .collect::<Vec<_>>()
+        });
+        format!(
+            "{:?} h2={} hsts={:?} client_ca={client_ca:?} sources={:?}",
+            self.min_version, self.http2, self.hsts, self.sources
+        )
+    }
+}
+
 impl std::fmt::Debug for ListenerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListenerTls").field("sources", &self.sources).finish_non_exhaustive()

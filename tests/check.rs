@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::{repo_root, run_cli};
 
 const BASE: &str = r#"
@@ -93,6 +95,102 @@ fn summary_shows_admin_logs_and_health_checks() {
     }
     // check opens nothing: the audit file was not created.
     assert!(!audit.exists());
+}
+
+const PRODUCTION: &str = r#"
+[server]
+environment = "production"
+allowed_hosts = ["localhost"]
+
+[[listener]]
+address = "127.0.0.1:8080"
+
+[[upstream]]
+name = "api"
+targets = ["127.0.0.1:9000"]
+
+[[route]]
+name = "r"
+path = "/"
+upstream = "api"
+auth = "none"
+public = true
+"#;
+
+/// Each unsafe setting is refused in production with its own message, and accepted in
+/// development.
+#[test]
+fn production_refuses_unsafe_settings_one_by_one() {
+    let (code, out, err) = check(PRODUCTION);
+    assert_eq!(code, 0, "the base is production-safe: {err}{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = |name: &str, text: &str, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    };
+    let example = secret_file("example.secret", "your-256-bit-secret-change-me-0123456789", 0o600);
+    let open = secret_file("open.secret", "kP9s7Qx2Lm4Vt8Rw1Zy6Nb3Hc5Jd0Fg-Ae7Ui", 0o644);
+    let jwt = |path: &str| {
+        format!("\n[[auth.jwt]]\nname = \"local\"\nissuer = \"local\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\nsecret = \"file:{path}\"\n")
+    };
+    let cases: Vec<(String, &str, &str)> = vec![
+        (PRODUCTION.replace("127.0.0.1:8080", "0.0.0.0:8080"), "listener[0].address", "plain HTTP off loopback"),
+        (format!("{PRODUCTION}\n[cors]\nallowed_origins = [\"*\"]\n"), "cors.allowed_origins", "every origin"),
+        (PRODUCTION.replace("public = true\n", ""), "route[0].public", "open route must be declared"),
+        (
+            format!("{PRODUCTION}\n[[auth.api_key]]\nid = \"k\"\nhash = \"sha256:{}\"\n", "a".repeat(64)),
+            "auth.api_key[0].expires",
+            "never expire",
+        ),
+        (format!("{PRODUCTION}{}", jwt(&example)), "auth.jwt[0].secret", "well-known example value"),
+        (format!("{PRODUCTION}{}", jwt(&open)), "auth.jwt[0].secret", "readable by every user"),
+        (
+            format!("{PRODUCTION}\n[admin]\naddress = \"0.0.0.0:9100\"\n"),
+            "admin.address",
+            "neither loopback nor a private",
+        ),
+    ];
+    for (text, key, problem) in cases {
+        let (code, _, err) = check(&text);
+        assert_eq!(code, 78, "{key} was accepted in production");
+        assert!(err.contains(&format!(": {key}: ")) && err.contains(problem), "{key}: {err}");
+        assert_eq!(err.lines().filter(|l| l.contains("gateway.toml:")).count(), 1, "one error each: {err}");
+        let development = text.replace("environment = \"production\"", "environment = \"development\"");
+        let (code, _, err) = check(&development);
+        assert_eq!(code, 0, "{key} is fine in development: {err}");
+    }
+    // Private admin addresses are fine.
+    let (code, _, err) = check(&format!("{PRODUCTION}\n[admin]\naddress = \"10.0.0.5:9100\"\n"));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn secrets_come_from_the_systemd_credentials_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwt"), "kP9s7Qx2Lm4Vt8Rw1Zy6Nb3Hc5Jd0Fg-Ae7Ui-Zq").unwrap();
+    let text = format!(
+        "{BASE}\n[[auth.jwt]]\nname = \"local\"\nissuer = \"local\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\nsecret = \"file:$CREDENTIALS_DIRECTORY/jwt\"\n"
+    );
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(&file, &text).unwrap();
+    let run = |credentials: Option<&Path>| {
+        let mut command = std::process::Command::new(common::BIN);
+        command.args(["check", "-c", file.to_str().unwrap()]);
+        match credentials {
+            Some(d) => command.env("CREDENTIALS_DIRECTORY", d),
+            None => command.env_remove("CREDENTIALS_DIRECTORY"),
+        };
+        command.output().unwrap()
+    };
+    let out = run(Some(dir.path()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(None);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth.jwt[0].secret") && err.contains("CREDENTIALS_DIRECTORY"), "{err}");
 }
 
 #[test]

@@ -404,7 +404,7 @@ fn max_of(key: &str) -> Duration {
 }
 
 /// `env:NAME` or `file:PATH`: secrets never sit in the config itself.
-fn read_secret(spec: &str) -> Result<Vec<u8>, (String, &'static str)> {
+pub(super) fn read_secret(spec: &str) -> Result<Vec<u8>, (String, &'static str)> {
     if let Some(name) = spec.strip_prefix("env:") {
         return match std::env::var(name) {
             Ok(v) if !v.is_empty() => Ok(v.into_bytes()),
@@ -412,7 +412,11 @@ fn read_secret(spec: &str) -> Result<Vec<u8>, (String, &'static str)> {
         };
     }
     if let Some(path) = spec.strip_prefix("file:") {
-        let mut bytes = read_file(path).map_err(|e| (e, "point it at a readable file holding the secret"))?;
+        let path =
+            super::secret_path(path).map_err(|e| (e, "run under systemd with LoadCredential=, or give a path"))?;
+        let mut bytes = std::fs::read(&path).map_err(|e| {
+            (format!("cannot read {}: {e}", path.display()), "point it at a readable file holding the secret")
+        })?;
         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             bytes.pop();
         }

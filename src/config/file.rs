@@ -59,6 +59,8 @@ pub struct ServerSection {
     pub upstream_keepalive_pool_size: Option<usize>,
     /// Failed authentications allowed per client address, e.g. `"30/minute"`, or `"off"`.
     pub auth_failure_limit: Option<String>,
+    /// The Unix socket a graceful upgrade hands the listening sockets over.
+    pub upgrade_socket: Option<String>,
 }
 
 /// `[[listener]]`.

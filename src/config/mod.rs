@@ -9,6 +9,7 @@ mod auth;
 mod edge;
 pub mod error;
 pub mod file;
+mod production;
 pub mod runtime;
 mod tls;
 pub mod units;
@@ -53,6 +54,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let file_config = FileConfig::deserialize(toml::Value::Table(merged))
         .map_err(|e| file_error(&sources.root, e.message().to_string(), "check the tables shared between files"))?;
     runtime::build(&file_config, &sources, files)
+}
+
+/// The path of a `file:` secret: a leading `$CREDENTIALS_DIRECTORY` (or `${CREDENTIALS_DIRECTORY}`)
+/// is the directory systemd's `LoadCredential=` fills, taken from the environment.
+pub fn secret_path(path: &str) -> Result<std::path::PathBuf, String> {
+    let rest = path.strip_prefix("${CREDENTIALS_DIRECTORY}").or_else(|| path.strip_prefix("$CREDENTIALS_DIRECTORY"));
+    match rest {
+        None => Ok(std::path::PathBuf::from(path)),
+        Some(rest) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => Ok(std::path::PathBuf::from(format!("{}{rest}", dir.to_string_lossy()))),
+            None => Err("names $CREDENTIALS_DIRECTORY, which is not set (systemd sets it with LoadCredential=)".into()),
+        },
+    }
 }
 
 /// The files `-c PATH` names: the file itself, or a directory's `*.toml` in name order.

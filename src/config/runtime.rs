@@ -52,6 +52,8 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// `log.level` when unset.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// `server.upgrade_socket` when unset (the systemd unit sets one in its runtime directory).
+pub const DEFAULT_UPGRADE_SOCKET: &str = "/tmp/portcullis-upgrade.sock";
 /// `admin.address` when `[admin]` is present without one: loopback only.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9100";
 /// `health_check.interval` when unset.
@@ -123,6 +125,8 @@ pub struct ProcessSettings {
     pub access_log: Destination,
     /// `[log] audit`.
     pub audit_log: Destination,
+    /// `server.upgrade_socket`.
+    pub upgrade_socket: PathBuf,
 }
 
 /// One validated `[[listener]]`.
@@ -239,6 +243,9 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
     let listeners = build_listeners(file, &mut p);
     let log_level = build_log_level(file, &mut p);
     let admin = build_admin(file, &listeners, &mut p);
+    if environment == Environment::Production {
+        super::production::check(file, &files, &listeners, admin, &mut p);
+    }
     let log = file.log.as_ref();
     let access_log = build_log_destination("log.access", log.and_then(|l| l.access.as_deref()), &mut p);
     let audit_log = build_log_destination("log.audit", log.and_then(|l| l.audit.as_deref()), &mut p);
@@ -300,6 +307,7 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
         admin,
         access_log,
         audit_log,
+        upgrade_socket: PathBuf::from(server.upgrade_socket.as_deref().unwrap_or(DEFAULT_UPGRADE_SOCKET)),
     };
     p.finish(Config { files, process, runtime: Arc::new(runtime) })
 }

@@ -68,7 +68,13 @@ pub(super) fn build_listener_tls(section: &TlsSection, key: &str, p: &mut Proble
         // otherwise be taken for a path and printed in the error.
         let key_source = match c.key.as_deref() {
             Some(spec) if spec.starts_with("env:") => KeySource::Env(spec["env:".len()..].to_string()),
-            Some(spec) if spec.starts_with("file:") => KeySource::File(PathBuf::from(&spec["file:".len()..])),
+            Some(spec) if spec.starts_with("file:") => match super::secret_path(&spec["file:".len()..]) {
+                Ok(path) => KeySource::File(path),
+                Err(e) => {
+                    p.push(&at("key"), e, "run under systemd with LoadCredential=, or give a path");
+                    continue;
+                }
+            },
             Some(_) => {
                 p.push(
                     &at("key"),

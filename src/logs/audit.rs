@@ -9,6 +9,8 @@
 //! | `cors_rejected`     | a refused preflight                    | `origin`, `rejected` (origin, method or headers) |
 //! | `host_rejected`     | 421                                    | `host`                                           |
 //! | `config_loaded`     | the gateway started with a configuration | `files`                                        |
+//! | `config_reloaded`   | `SIGHUP` swapped in a new configuration | `files`, `duration_ms`, `restart_needed` (keys left as they were) |
+//! | `config_reload_failed` | `SIGHUP` found an invalid configuration | `error` (the configuration errors, redacted) |
 //!
 //! A request refused after its credential verified (403, or an identity-keyed 429) logs
 //! `auth_success` and then its refusal. Values a client chose (host, origin, subject) are
@@ -61,6 +63,12 @@ pub struct AuditRecord<'a> {
     host: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     files: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart_needed: Option<&'a [&'static str]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 impl<'a> AuditRecord<'a> {
@@ -131,6 +139,28 @@ pub fn record(x: &Exchange<'_>, sink: &LogSink) {
         _ => return,
     };
     sink.write(&record);
+}
+
+/// Writes `config_reloaded`: the files now in force, how long the reload took, and the keys
+/// whose change needs a restart.
+pub fn config_reloaded(
+    sink: &LogSink,
+    files: &[std::path::PathBuf],
+    elapsed: std::time::Duration,
+    restart_needed: &[&'static str],
+) {
+    let files = files.iter().map(|f| f.display().to_string()).collect();
+    sink.write(&AuditRecord {
+        files: Some(files),
+        duration_ms: Some(elapsed.as_secs_f64() * 1e3),
+        restart_needed: Some(restart_needed),
+        ..AuditRecord::event("config_reloaded")
+    });
+}
+
+/// Writes `config_reload_failed` with the (redacted) configuration errors.
+pub fn config_reload_failed(sink: &LogSink, error: &str) {
+    sink.write(&AuditRecord { error: Some(redact(error).into_owned()), ..AuditRecord::event("config_reload_failed") });
 }
 
 /// Writes `config_loaded`: the files the gateway started with.

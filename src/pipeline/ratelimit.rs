@@ -140,13 +140,14 @@ pub struct Policy {
     /// Its rate.
     pub rate: Rate,
     limit_header: HeaderValue,
-    counter: WindowCounter,
+    /// Shared with the same policy of the configuration before a reload.
+    counter: Arc<WindowCounter>,
 }
 
 impl Policy {
     /// A policy with empty counters.
     pub fn new(name: Box<str>, key: LimitKey, rate: Rate) -> Policy {
-        Policy { limit_header: HeaderValue::from(rate.count), counter: WindowCounter::new(), name, key, rate }
+        Policy { limit_header: HeaderValue::from(rate.count), counter: Arc::new(WindowCounter::new()), name, key, rate }
     }
 }
 
@@ -193,6 +194,25 @@ impl RateLimiter {
         let auth_failures =
             auth_failure_limit.map(|rate| Policy::new(AUTH_FAILURES_NAME.into(), LimitKey::Client, rate));
         RateLimiter { policies, auth_failures, hasher: RandomState::new() }
+    }
+
+    /// Takes over the counters of `previous` (the configuration a reload replaces) for every
+    /// policy with the same name, key and rate, so a reload neither resets a client's window nor
+    /// forgets its failed authentications. Changed and new policies start empty.
+    pub fn adopt_counters(&mut self, previous: &RateLimiter) {
+        // Counters are keyed by hashes of this hasher: adopted counts need the same one.
+        self.hasher = previous.hasher.clone();
+        let same = |a: &Policy, b: &Policy| a.name == b.name && a.key == b.key && a.rate == b.rate;
+        for policy in &mut self.policies {
+            if let Some(old) = previous.policies.iter().find(|old| same(old, policy)) {
+                policy.counter = old.counter.clone();
+            }
+        }
+        if let (Some(new), Some(old)) = (&mut self.auth_failures, &previous.auth_failures) {
+            if same(old, new) {
+                new.counter = old.counter.clone();
+            }
+        }
     }
 
     /// The policy a [`Quota`] refers to.

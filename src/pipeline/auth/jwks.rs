@@ -171,6 +171,12 @@ impl RemoteJwks {
         }
     }
 
+    /// Starts from the keys `previous` holds (the same issuer before a reload), so tokens keep
+    /// verifying while this set's first fetch is under way.
+    pub fn adopt_keys(&self, previous: &RemoteJwks) {
+        self.keys.store(previous.keys.load_full());
+    }
+
     /// How this set is fetched.
     pub fn settings(&self) -> &RemoteSettings {
         &self.settings

@@ -277,6 +277,22 @@ impl JwtVerifier {
         !self.issuers.is_empty()
     }
 
+    /// After a reload: each remote key set starts from the keys of the same issuer (same name,
+    /// URL and algorithms) in `previous`, instead of empty until its first fetch.
+    pub fn adopt_key_sets(&self, previous: &JwtVerifier) {
+        for issuer in &self.issuers {
+            let KeySource::Remote(set) = &issuer.keys else { continue };
+            let same = previous.issuers.iter().find(|old| {
+                old.name == issuer.name
+                    && old.algorithms == issuer.algorithms
+                    && matches!(&old.keys, KeySource::Remote(o) if o.settings().url == set.settings().url)
+            });
+            if let Some(KeySource::Remote(old)) = same.map(|o| &o.keys) {
+                set.adopt_keys(old);
+            }
+        }
+    }
+
     /// The remote key sets, for the background refresher.
     pub fn remote_key_sets(&self) -> Vec<Arc<RemoteJwks>> {
         self.issuers

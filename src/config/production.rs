@@ -1,0 +1,182 @@
+//! `environment = "production"`: settings that are fine on a laptop and dangerous in front of
+//! real traffic are refused, each with its own error naming the key and the fix.
+//!
+//! | refused in production | key |
+//! |---|---|
+//! | a plain listener off loopback without `redirect_https` | `listener[i].address` |
+//! | CORS allowing any origin (`"*"`) | `cors.allowed_origins` |
+//! | `auth = "none"` on a route not marked `public = true` | `route[i].public` |
+//! | an HS* secret that is a well-known example value or a placeholder (shorter than 32 bytes is refused everywhere) | `auth.jwt[i].secret` |
+//! | an API key without `expires` | `auth.api_key[i].expires` |
+//! | the admin listener on an address that is neither loopback nor private | `admin.address` |
+//! | a secret file (TLS key, HS* secret) readable by other users | the key naming it |
+//! | a configuration file writable by other users | the file |
+//!
+//! Inline secrets are refused in every environment (keys and secrets come only through `env:`
+//! or `file:`), so a configuration file readable by others holds none; the files the secrets
+//! live in are checked instead.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::file::FileConfig;
+use super::runtime::Listener;
+use super::Problems;
+
+/// Values seen in tutorials, READMEs and generated examples: a secret equal to one of these (in
+/// any case) is a placeholder someone forgot to replace.
+const EXAMPLE_SECRETS: [&str; 12] = [
+    "secret",
+    "changeme",
+    "change-me",
+    "your-256-bit-secret",
+    "your-secret-key",
+    "your_secret_key",
+    "supersecret",
+    "super-secret-key",
+    "mysecret",
+    "password",
+    "jwt-secret",
+    "an-hmac-secret-that-is-long-enough-0123456789",
+];
+
+/// Words that mark a secret as a placeholder wherever they appear in it.
+const PLACEHOLDER_WORDS: [&str; 5] = ["changeme", "change-me", "change_me", "example", "placeholder"];
+
+/// Records every production refusal of this configuration.
+pub(super) fn check(
+    file: &FileConfig,
+    files: &[PathBuf],
+    listeners: &[Listener],
+    admin: Option<SocketAddr>,
+    p: &mut Problems<'_>,
+) {
+    for (i, l) in listeners.iter().enumerate() {
+        if l.tls.is_none() && l.redirect_to.is_none() && !l.address.ip().is_loopback() {
+            p.push(
+                &format!("listener[{i}].address"),
+                format!("{} serves plain HTTP off loopback in production", l.address),
+                "terminate TLS on it ([listener.tls]), set redirect_https = true, or bind it to 127.0.0.1",
+            );
+        }
+    }
+    if let Some(cors) = &file.cors {
+        if cors.allowed_origins.as_deref().unwrap_or(&[]).iter().any(|o| o == "*") {
+            p.push(
+                "cors.allowed_origins",
+                "allows every origin (\"*\") in production",
+                "list the origins of your web apps, e.g. [\"https://app.example.com\"]",
+            );
+        }
+    }
+    for (i, r) in file.route.iter().enumerate() {
+        if r.auth.as_deref() == Some("none") && r.public != Some(true) {
+            p.push(
+                &format!("route[{i}].public"),
+                "is not set on a route with auth = \"none\": in production an open route must be declared",
+                "add public = true if anyone may call it, or require credentials",
+            );
+        }
+    }
+    if let Some(auth) = &file.auth {
+        for (i, k) in auth.api_key.iter().enumerate() {
+            if k.expires.is_none() {
+                p.push(
+                    &format!("auth.api_key[{i}].expires"),
+                    "is missing: keys that never expire are refused in production",
+                    "give an RFC 3339 time, e.g. expires = \"2027-06-30T00:00:00Z\" (keys generate --expires-in 90d)",
+                );
+            }
+        }
+        for (i, jwt) in auth.jwt.iter().enumerate() {
+            let Some(spec) = jwt.secret.as_deref() else { continue };
+            let key = format!("auth.jwt[{i}].secret");
+            if let Ok(secret) = super::auth::read_secret(spec) {
+                check_hmac_secret(&secret, &key, p);
+            }
+            check_secret_file(spec, &key, p);
+        }
+    }
+    for (i, l) in file.listener.iter().enumerate() {
+        let Some(tls) = &l.tls else { continue };
+        for (j, c) in tls.certificate.iter().enumerate() {
+            if let Some(spec) = c.key.as_deref() {
+                check_secret_file(spec, &format!("listener[{i}].tls.certificate[{j}].key"), p);
+            }
+        }
+    }
+    if let Some(addr) = admin {
+        if !is_loopback_or_private(addr.ip()) {
+            p.push(
+                "admin.address",
+                format!("{addr} is neither loopback nor a private address: metrics would be public"),
+                "bind it to 127.0.0.1 or an address on your private network",
+            );
+        }
+    }
+    for f in files {
+        if mode(f).is_some_and(|m| m & 0o002 != 0) {
+            p.push(
+                "",
+                format!("{} is writable by every user, who could rewrite the gateway's rules", f.display()),
+                format!("chmod o-w {}", f.display()),
+            );
+        }
+    }
+}
+
+fn check_hmac_secret(secret: &[u8], key: &str, p: &mut Problems<'_>) {
+    let text = String::from_utf8_lossy(secret).to_ascii_lowercase();
+    let example = EXAMPLE_SECRETS.contains(&text.as_str()) || PLACEHOLDER_WORDS.iter().any(|w| text.contains(w));
+    let one_byte = secret.windows(2).all(|w| w[0] == w[1]);
+    // (Shorter than 32 bytes is refused in every environment, by `auth`.)
+    if example || one_byte {
+        p.push(key, "is a well-known example value or a placeholder", "generate one: openssl rand -base64 48");
+    }
+}
+
+/// A `file:` secret must not be readable by other users.
+fn check_secret_file(spec: &str, key: &str, p: &mut Problems<'_>) {
+    let Some(path) = spec.strip_prefix("file:") else { return };
+    let Ok(path) = super::secret_path(path) else { return };
+    if mode(&path).is_some_and(|m| m & 0o004 != 0) {
+        p.push(
+            key,
+            format!("{} is readable by every user", path.display()),
+            format!("chmod o-r {} (and keep it owned by the gateway's user)", path.display()),
+        );
+    }
+}
+
+fn mode(path: &Path) -> Option<u32> {
+    std::fs::metadata(path).ok().map(|m| m.permissions().mode())
+}
+
+fn is_loopback_or_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        // fc00::/7 (unique local) and fe80::/10 (link local).
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback() || v4.is_private())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_addresses() {
+        for ok in ["127.0.0.1", "10.1.2.3", "192.168.0.9", "172.16.5.5", "::1", "fd00::1", "::ffff:10.0.0.1"] {
+            assert!(is_loopback_or_private(ok.parse().unwrap()), "{ok}");
+        }
+        for public in ["0.0.0.0", "8.8.8.8", "172.32.0.1", "::", "2001:db8::1"] {
+            assert!(!is_loopback_or_private(public.parse().unwrap()), "{public}");
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Operations: `SIGHUP` reloads the configuration without dropping requests in flight, an
+//! invalid configuration leaves the old one serving, `SIGTERM` lets in-flight requests finish,
+//! a new process takes the sockets over (`run --upgrade` + `SIGQUIT`) without refusing a
+//! connection, and `portcullis health` probes the admin listener.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{free_addr, send, wait_listening, Gateway, Upstream};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const KEY_A: &str = "pcs_aaaa0a9c3b7d2e4f6a8b0c1d2e3f40516273849a5b6c7d8e9f0a1b2c3d4e5f6a";
+const KEY_B: &str = "pcs_bbbb0a9c3b7d2e4f6a8b0c1d2e3f40516273849a5b6c7d8e9f0a1b2c3d4e5f6a";
+
+fn key_block(id: &str, key: &str) -> String {
+    format!(
+        "[[auth.api_key]]\nid = \"{id}\"\nhash = \"sha256:{}\"\npermissions = [\"read\"]\n",
+        hex::encode(Sha256::digest(key.as_bytes()))
+    )
+}
+
+/// A gateway config: `keys` are `[[auth.api_key]]` blocks; `/slow` takes 2 s upstream.
+fn config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    audit: &Path,
+    upstream: SocketAddr,
+    keys: &str,
+    grace: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+allowed_hosts = ["localhost"]
+shutdown_grace = "{grace}"
+upgrade_socket = "{socket}"
+
+[[listener]]
+address = "{listen}"
+
+[admin]
+address = "{admin}"
+
+[log]
+audit = "{audit}"
+
+[[upstream]]
+name = "api"
+targets = ["{upstream}"]
+
+[[rate_limit]]
+name = "two"
+key = "client"
+limit = "2/hour"
+
+[[route]]
+name = "api"
+path = "/"
+upstream = "api"
+permissions = ["read"]
+
+[[route]]
+name = "limited"
+path = "/limited"
+upstream = "api"
+auth = "none"
+rate_limits = ["two"]
+
+[auth]
+{keys}
+"#,
+        audit = audit.display(),
+        socket = audit.with_file_name("upgrade.sock").display(),
+    )
+}
+
+async fn status(gw: &Gateway, path: &str, key: &str) -> u16 {
+    send(gw.addr, "GET", path, &[("X-API-Key", key)]).await.status
+}
+
+/// The audit log's events so far.
+fn audit_events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Waits for the first audit line of `event` (lines are written by a background thread).
+async fn audit_event(path: &Path, event: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(line) = audit_events(path).into_iter().find(|e| e["event"] == event) {
+            return line;
+        }
+        assert!(Instant::now() < deadline, "no {event} in {}", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls the admin scrape until `series` reads `value`.
+async fn wait_metric(admin: SocketAddr, series: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let scrape = String::from_utf8(send(admin, "GET", "/metrics", &[]).await.body).unwrap();
+        if scrape.lines().any(|l| l.strip_prefix(series).is_some_and(|rest| rest.trim() == value)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} never became {value}:\n{scrape}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Setup {
+    gw: Gateway,
+    admin: SocketAddr,
+    audit: std::path::PathBuf,
+    upstream: Upstream,
+    _logs: tempfile::TempDir,
+}
+
+async fn start(keys: &str, grace: &str) -> Setup {
+    let upstream = Upstream::start("api").await;
+    let logs = tempfile::tempdir().unwrap();
+    let audit = logs.path().join("audit.jsonl");
+    let admin = free_addr();
+    let (u, a) = (upstream.addr, audit.clone());
+    let gw = Gateway::start_from(|listen| config(listen, admin, &a, u, keys, grace)).await;
+    wait_listening(admin).await;
+    Setup { gw, admin, audit, upstream, _logs: logs }
+}
+
+#[tokio::test]
+async fn a_reload_swaps_keys_while_a_slow_request_completes() {
+    let s = start(&key_block("a", KEY_A), "30s").await;
+    assert_eq!(status(&s.gw, "/x", KEY_A).await, 200);
+    assert_eq!(status(&s.gw, "/x", KEY_B).await, 401);
+    for expected in [200, 200, 429] {
+        assert_eq!(status(&s.gw, "/limited", "").await, expected);
+    }
+
+    // A request that takes 2 s upstream, started before the reload.
+    let addr = s.gw.addr;
+    let slow = tokio::spawn(async move { send(addr, "GET", "/slow", &[("X-API-Key", KEY_A)]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Revoke key a, add key b, reload.
+    let text = config(s.gw.addr, s.admin, &s.audit, s.upstream.addr, &key_block("b", KEY_B), "30s");
+    std::fs::write(s.gw.config_path(), text).unwrap();
+    let sent = Instant::now();
+    s.gw.signal("HUP");
+    wait_metric(s.admin, r#"portcullis_config_reloads_total{result="success"}"#, "1").await;
+    let reload_seen = sent.elapsed();
+    assert_eq!(status(&s.gw, "/x", KEY_B).await, 200);
+    assert_eq!(status(&s.gw, "/x", KEY_A).await, 401);
+    // The unchanged policy kept its count: still refused this hour.
+    assert_eq!(status(&s.gw, "/limited", "").await, 429);
+
+    // The request in flight finished under the configuration it started with.
+    let resp = slow.await.unwrap();
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let reloaded = audit_event(&s.audit, "config_reloaded").await;
+    assert!(reloaded["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(reloaded["restart_needed"], serde_json::json!([]));
+    eprintln!("reload observed {reload_seen:?} after SIGHUP; the reload itself took {} ms", reloaded["duration_ms"]);
+}
+
+#[tokio::test]
+async fn an_invalid_reload_leaves_the_old_configuration_serving() {
+    let s = start(&key_block("a", KEY_A), "30s").await;
+    assert_eq!(status(&s.gw, "/x", KEY_A).await, 200);
+    // A route to an upstream that does not exist, and a key pasted where a hash belongs.
+    let broken = config(s.gw.addr, s.admin, &s.audit, s.upstream.addr, &key_block("a", KEY_A), "30s")
+        .replace("upstream = \"api\"\npermissions", "upstream = \"missing\"\npermissions")
+        + &format!("[[auth.api_key]]\nid = \"pasted\"\nhash = \"{KEY_B}\"\n");
+    std::fs::write(s.gw.config_path(), broken).unwrap();
+    s.gw.signal("HUP");
+    wait_metric(s.admin, r#"portcullis_config_reloads_total{result="failure"}"#, "1").await;
+    assert_eq!(status(&s.gw, "/x", KEY_A).await, 200, "the old configuration still serves");
+    let failed = audit_event(&s.audit, "config_reload_failed").await;
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("route[0].upstream"), "{error}");
+    assert!(!error.contains(&KEY_B[4..]), "the pasted key is redacted: {error}");
+    assert!(s.gw.stderr().contains("configuration reload failed"), "{}", s.gw.stderr());
+    assert!(!s.gw.stderr().contains(&KEY_B[4..]));
+
+    // Fixed: the next reload applies.
+    let fixed = config(s.gw.addr, s.admin, &s.audit, s.upstream.addr, &key_block("b", KEY_B), "30s");
+    std::fs::write(s.gw.config_path(), fixed).unwrap();
+    s.gw.signal("HUP");
+    wait_metric(s.admin, r#"portcullis_config_reloads_total{result="success"}"#, "1").await;
+    assert_eq!(status(&s.gw, "/x", KEY_B).await, 200);
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
+    let mut s = start(&key_block("a", KEY_A), "4s").await;
+    let addr = s.gw.addr;
+    let slow = tokio::spawn(async move { send(addr, "GET", "/slow", &[("X-API-Key", KEY_A)]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.gw.signal("TERM");
+    let resp = slow.await.unwrap();
+    assert_eq!(resp.status, 200, "the request in flight finished");
+    // New connections are refused once the listeners close.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after SIGTERM");
+    let exit = s.gw.wait_exit(Duration::from_secs(10)).await.expect("exited within the grace period");
+    assert!(exit.success(), "{exit:?}: {}", s.gw.stderr());
+}
+
+#[tokio::test]
+async fn a_new_binary_takes_the_sockets_over_without_refusing_a_connection() {
+    let mut s = start(&key_block("a", KEY_A), "1s").await;
+    // Requests on fresh connections, all along the swap.
+    let addr = s.gw.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                statuses.push(send(addr, "GET", "/x", &[("X-API-Key", KEY_A)]).await.status);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            statuses
+        })
+    };
+    let stderr = std::fs::File::create(s.audit.with_file_name("new.stderr")).unwrap();
+    let mut new = std::process::Command::new(common::BIN)
+        .args(["run", "--upgrade", "-c"])
+        .arg(s.gw.config_path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    // The new process waits on the upgrade socket; the old one hands its sockets over.
+    let socket = s.audit.with_file_name("upgrade.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the new process never listened on {}", socket.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.gw.signal("QUIT");
+    let old = s.gw.wait_exit(Duration::from_secs(15)).await.expect("the old process exits after handing over");
+    assert!(old.success(), "{old:?}: {}", s.gw.stderr());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let statuses = load.await.unwrap();
+    // Only the new process is left, and it serves.
+    assert_eq!(status(&s.gw, "/x", KEY_A).await, 200);
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(statuses.len() > 20, "{} requests", statuses.len());
+    assert!(statuses.iter().all(|&code| code == 200), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn the_health_command_probes_the_admin_listener() {
+    let s = start(&key_block("a", KEY_A), "30s").await;
+    let probe = |url: String| std::process::Command::new(common::BIN).args(["health", &url]).output().unwrap();
+    let ok = probe(format!("http://{}/healthz", s.admin));
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let missing = probe(format!("http://{}/nope", s.admin));
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    let closed = probe(format!("http://{}/healthz", free_addr()));
+    assert_eq!(closed.status.code(), Some(1));
+}
