@@ -1,8 +1,10 @@
 # Portcullis container image: built on Debian with Rust, run on debian-slim as a non-root user.
 #   docker build -t portcullis .
-#   docker run -p 8080:8080 -v "$PWD/conf:/etc/portcullis:ro" portcullis
-# The configuration is read from /etc/portcullis (every *.toml, in name order); the image bakes
-# in conf/gateway.toml, listening on 0.0.0.0:8080, and checks it at build time.
+#   docker run -p 8080:8080 portcullis
+#   docker run -p 8443:8443 -v "$PWD/deploy/portcullis:/etc/portcullis:ro" portcullis
+# The configuration is read from /etc/portcullis (every *.toml in it, in name order, so mount a
+# directory holding only your configuration, with listeners on 0.0.0.0). The image bakes in
+# conf/gateway.toml, listening on 0.0.0.0:8080, and checks it at build time.
 FROM rust:1-bookworm AS build
 # Pingora's build needs cmake; the TLS backend links Debian's libssl.
 RUN apt-get update \
@@ -23,7 +25,9 @@ COPY --from=build /out/portcullis /usr/local/bin/portcullis
 COPY conf/gateway.toml /etc/portcullis/gateway.toml
 # Inside the container the public listener takes every interface; the admin one stays on
 # loopback, where the HEALTHCHECK below reaches it.
-RUN sed -i 's/^address = "127.0.0.1:8080"/address = "0.0.0.0:8080"/' /etc/portcullis/gateway.toml \
+# docker stop waits 10 s before SIGKILL, and Pingora waits all of shutdown_grace: keep it below.
+RUN sed -i -e 's/^address = "127.0.0.1:8080"/address = "0.0.0.0:8080"/' \
+           -e 's/^shutdown_grace = "30s"/shutdown_grace = "8s"/' /etc/portcullis/gateway.toml \
  && portcullis check -c /etc/portcullis
 USER 10001:10001
 EXPOSE 8080

@@ -7,6 +7,10 @@ use portcullis::cli::{self, Cli, Command, KeysCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Run { .. }) | None) {
+        // Before anything slow: a SIGHUP (a reload asked too early) must not stop the gateway.
+        portcullis::reload::catch_hangups_early();
+    }
     let load = || {
         portcullis::config::load(&cli.config).map_err(|errors| {
             eprintln!("{errors}");

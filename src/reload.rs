@@ -3,7 +3,8 @@
 //!
 //! What a reload changes: routes, API keys, JWT issuers (their JWKS fetched anew), CORS,
 //! rate-limit policies (the counters of unchanged policies carry over), upstreams (health checks
-//! restarted), hosts, body limits. What needs a restart: listeners and their TLS settings, the
+//! restarted), hosts, body limits, and the certificates of each TLS listener. What needs a
+//! restart: listeners and their other TLS settings (versions, ALPN, HSTS, client CAs), the
 //! admin listener, log destinations, threads; a reload that changes them applies the rest and
 //! logs which keys were left as they were. (Certificate *files* are reloaded on change anyway.)
 //!
@@ -13,6 +14,7 @@
 //! The background tasks that belong to a runtime (JWKS refreshes, health checks) are started
 //! for the new one before the swap and stopped for the old one after it.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +32,7 @@ use crate::health::HealthChecker;
 use crate::logs::{audit, Logs};
 use crate::metrics::METRICS;
 use crate::pipeline::auth::jwks::JwksRefresher;
+use crate::tls::ListenerTls;
 
 /// The background tasks of one runtime: stopped when dropped.
 struct RuntimeTasks {
@@ -61,13 +64,37 @@ impl Drop for RuntimeTasks {
     }
 }
 
+/// Makes `SIGHUP` harmless from the start of the process: its default action ends the process,
+/// and the reload service that answers it starts only once the server runs (after the
+/// configuration is loaded and, with `run --upgrade`, the sockets are handed over). Tokio's
+/// handler, once installed, stays for the life of the process; a SIGHUP before the reload
+/// service starts is covered by that service comparing the configuration files' stamps.
+pub fn catch_hangups_early() {
+    if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_io().build() {
+        runtime.block_on(async {
+            if let Err(error) = signal(SignalKind::hangup()) {
+                eprintln!("portcullis: cannot catch SIGHUP ({error}); a SIGHUP now would stop the gateway");
+            }
+        });
+    }
+}
+
+/// The modification times of `files`, to tell whether they changed since they were read.
+fn stamps(files: &[PathBuf]) -> Vec<Option<std::time::SystemTime>> {
+    files.iter().map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok()).collect()
+}
+
 /// The service that owns the runtime's background tasks and reloads on `SIGHUP`.
 pub struct Reloader {
     path: PathBuf,
     runtime: SharedRuntime,
+    /// The running TLS listeners, whose certificates a reload replaces.
+    tls_listeners: Vec<(SocketAddr, Arc<ListenerTls>)>,
     logs: Arc<Logs>,
     /// The process settings the gateway started with (a reload cannot change them).
     started_with: ProcessSummary,
+    /// The configuration files as they were when loaded at start, and their stamps then.
+    loaded: (Vec<PathBuf>, Vec<Option<std::time::SystemTime>>),
 }
 
 /// The parts of [`ProcessSettings`] a reload compares, to say which changes need a restart.
@@ -98,6 +125,7 @@ impl ProcessSummary {
             ("server.threads", p.threads.to_string()),
             ("server.upstream_keepalive_pool_size", p.upstream_keepalive_pool_size.to_string()),
             ("server.shutdown_grace", format!("{:?}", p.shutdown_grace)),
+            ("server.upgrade_socket", p.upgrade_socket.display().to_string()),
         ])
     }
 
@@ -110,7 +138,9 @@ impl ProcessSummary {
 impl Reloader {
     /// A reloader for the configuration at `path`, now serving `config` through `runtime`.
     pub fn new(path: PathBuf, config: &Config, runtime: SharedRuntime, logs: Arc<Logs>) -> Self {
-        Reloader { path, runtime, logs, started_with: ProcessSummary::of(&config.process) }
+        let tls_listeners = config.process.listeners.iter().filter_map(|l| Some((l.address, l.tls.clone()?))).collect();
+        let loaded = (config.files.clone(), stamps(&config.files));
+        Reloader { path, runtime, tls_listeners, logs, started_with: ProcessSummary::of(&config.process), loaded }
     }
 
     /// Loads, validates and swaps in the configuration; the tasks of the runtime in force
@@ -136,6 +166,19 @@ impl Reloader {
             runtime.limits.adopt_counters(&previous.limits);
         }
         config.runtime.auth.jwt.adopt_key_sets(&previous.auth.jwt);
+        for upstream in &config.runtime.upstreams {
+            if let Some(before) = previous.upstreams.iter().find(|u| u.name == upstream.name) {
+                upstream.adopt_health(before);
+            }
+        }
+        // Certificates: a listener whose other TLS settings are unchanged takes the certificates
+        // the new configuration lists (they were loaded and checked by validation).
+        for (address, running) in &self.tls_listeners {
+            let reloaded = config.process.listeners.iter().find(|l| l.address == *address).and_then(|l| l.tls.as_ref());
+            if let Some(reloaded) = reloaded.filter(|r| r.settings_summary() == running.settings_summary()) {
+                running.adopt_certificates(reloaded);
+            }
+        }
         let new_tasks = RuntimeTasks::start(&config.runtime);
         self.runtime.store(config.runtime.clone());
         drop(tasks);
@@ -173,6 +216,12 @@ impl BackgroundService for Reloader {
                 return;
             }
         };
+        // A SIGHUP that came while the server was starting found nobody to act on it: if the
+        // files changed since they were read, that reload happens now.
+        if stamps(&self.loaded.0) != self.loaded.1 {
+            tracing::info!("the configuration changed while the gateway was starting: reloading");
+            tasks = self.reload(tasks).await;
+        }
         loop {
             tokio::select! {
                 received = hangups.recv() => {

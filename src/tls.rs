@@ -190,31 +190,47 @@ pub struct ListenerTls {
     pub hsts: Option<HeaderValue>,
     /// CAs that sign acceptable client certificates (mutual TLS).
     pub client_ca: Option<Vec<X509>>,
-    sources: Vec<CertificateSource>,
     store: ArcSwap<CertStore>,
-    /// Per source: what was loaded, and whether its new files fail.
-    state: Mutex<Vec<SourceState>>,
+    /// Where the certificates come from, and per source what was loaded and whether its new
+    /// files fail. Replaced whole by a configuration reload.
+    state: Mutex<Watched>,
+}
+
+/// The certificate sources of a listener and their reload state, index for index.
+#[derive(Debug, Default)]
+struct Watched {
+    sources: Vec<CertificateSource>,
+    states: Vec<SourceState>,
 }
 
 impl ListenerTls {
-    /// The settings a reload cannot change, as text to compare: versions, ALPN, HSTS, client
-    /// CAs, and where the certificates come from.
+    /// The settings a reload cannot change, as text to compare: versions, ALPN, HSTS and
+    /// client CAs (the certificates themselves it can: [`ListenerTls::adopt_certificates`]).
     pub fn settings_summary(&self) -> String {
         let client_ca = self.client_ca.as_ref().map(|cas| {
             cas.iter()
                 .filter_map(|c| c.digest(openssl::hash::MessageDigest::sha256()).ok().map(|d| hex::encode(&*d)))
                 .collect::<Vec<_>>()
         });
-        format!(
-            "{:?} h2={} hsts={:?} client_ca={client_ca:?} sources={:?}",
-            self.min_version, self.http2, self.hsts, self.sources
-        )
+        format!("{:?} h2={} hsts={:?} client_ca={client_ca:?}", self.min_version, self.http2, self.hsts)
+    }
+
+    /// A configuration reload: takes the certificates `reloaded` (the same listener in the new
+    /// configuration, whose certificates validation has just loaded) and watches its files from
+    /// now on. Handshakes already under way keep the certificate they chose.
+    pub fn adopt_certificates(&self, reloaded: &ListenerTls) {
+        let mut watched = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let theirs = reloaded.state.lock().unwrap_or_else(|e| e.into_inner());
+        let states = theirs.states.iter().map(|s| SourceState { loaded: s.loaded.clone(), failing: None }).collect();
+        *watched = Watched { sources: theirs.sources.clone(), states };
+        self.store.store(reloaded.store.load_full());
     }
 }
 
 impl std::fmt::Debug for ListenerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ListenerTls").field("sources", &self.sources).finish_non_exhaustive()
+        let watched = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("ListenerTls").field("sources", &watched.sources).finish_non_exhaustive()
     }
 }
 
@@ -260,16 +276,15 @@ impl ListenerTls {
         hsts: Option<HeaderValue>,
         client_ca: Option<Vec<X509>>,
     ) -> ListenerTls {
-        let state = sources.iter().map(|(s, _)| SourceState { loaded: Self::stamps(s), failing: None }).collect();
+        let states = sources.iter().map(|(s, _)| SourceState { loaded: Self::stamps(s), failing: None }).collect();
         let (sources, certs): (Vec<_>, Vec<_>) = sources.into_iter().map(|(s, c)| (s, Arc::new(c))).unzip();
         ListenerTls {
             min_version,
             http2,
             hsts,
             client_ca,
-            sources,
             store: ArcSwap::from_pointee(CertStore::new(certs)),
-            state: Mutex::new(state),
+            state: Mutex::new(Watched { sources, states }),
         }
     }
 
@@ -286,11 +301,12 @@ impl ListenerTls {
     /// certificate that does not load keeps its previous version; the others are renewed
     /// anyway. Returns what changed and the errors first seen now (each reported once).
     pub fn reload_if_changed(&self) -> (bool, Vec<String>) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut watched = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Watched { sources, states: state } = &mut *watched;
         let current = self.store.load_full();
         let mut certs: Vec<Arc<CertifiedKey>> = current.certs.clone();
         let (mut changed, mut errors) = (false, Vec::new());
-        for (i, source) in self.sources.iter().enumerate() {
+        for (i, source) in sources.iter().enumerate() {
             let now = Self::stamps(source);
             if state[i].loaded == now && state[i].failing.is_none() {
                 continue;

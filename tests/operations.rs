@@ -243,6 +243,11 @@ async fn a_new_binary_takes_the_sockets_over_without_refusing_a_connection() {
         assert!(Instant::now() < deadline, "the new process never listened on {}", socket.display());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A reload asked while the new process waits must not stop it (SIGHUP's default action).
+    let hup = std::process::Command::new("kill").arg("-HUP").arg(new.id().to_string()).status().unwrap();
+    assert!(hup.success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(new.try_wait().unwrap().is_none(), "SIGHUP stopped the waiting process");
     s.gw.signal("QUIT");
     let old = s.gw.wait_exit(Duration::from_secs(15)).await.expect("the old process exits after handing over");
     assert!(old.success(), "{old:?}: {}", s.gw.stderr());
@@ -268,4 +273,18 @@ async fn the_health_command_probes_the_admin_listener() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
     let closed = probe(format!("http://{}/healthz", free_addr()));
     assert_eq!(closed.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn production_checks_apply_to_a_reload() {
+    let s = start(&key_block("a", KEY_A), "30s").await;
+    // Production refuses the open /limited route (auth = "none" without public = true).
+    let production = config(s.gw.addr, s.admin, &s.audit, s.upstream.addr, &key_block("a", KEY_A), "30s")
+        .replace("[server]\n", "[server]\nenvironment = \"production\"\n");
+    std::fs::write(s.gw.config_path(), production).unwrap();
+    s.gw.signal("HUP");
+    wait_metric(s.admin, r#"portcullis_config_reloads_total{result="failure"}"#, "1").await;
+    let failed = audit_event(&s.audit, "config_reload_failed").await;
+    assert!(failed["error"].as_str().unwrap().contains("route[1].public"), "{failed}");
+    assert_eq!(status(&s.gw, "/limited", "").await, 200, "the development configuration still serves");
 }

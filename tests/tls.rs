@@ -228,6 +228,34 @@ async fn sni_picks_the_certificate() {
 }
 
 #[tokio::test]
+async fn a_reload_adds_a_certificate_to_the_running_listener() {
+    let upstream = Upstream::start("api").await;
+    let s = start(&upstream, &[("default", &["localhost"])], "", "").await;
+    let (addr, ca) = (s.gw.addr, ca_file(&s));
+    let names_for = |sni: &'static str| {
+        let ca = ca.clone();
+        blocking(move || presented_names(&handshake(&connector(&ca, |_| {}), addr, Some(sni)).unwrap()))
+    };
+    assert_eq!(names_for("x.b.test").await, ["localhost"]);
+    // A second certificate appended to the listener's list, then SIGHUP.
+    let (cert, key) = s.ca.server(&["*.b.test"]).write(s.dir.path(), "b");
+    let mut text = std::fs::read_to_string(s.gw.config_path()).unwrap();
+    text.push_str(&format!(
+        "\n[[listener.tls.certificate]]\ncert = \"{}\"\nkey = \"file:{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    std::fs::write(s.gw.config_path(), text).unwrap();
+    s.gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while names_for("x.b.test").await != ["*.b.test"] {
+        assert!(Instant::now() < deadline, "the new certificate was never served: {}", s.gw.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(names_for("localhost").await, ["localhost"], "the first certificate stays");
+}
+
+#[tokio::test]
 async fn http2_is_negotiated_and_serves() {
     let upstream = Upstream::start("api").await;
     let s = start(&upstream, &[("site", &["localhost"])], "http2 = true\nhsts = \"max-age=31536000\"", "").await;

@@ -4,13 +4,13 @@
 //! | refused in production | key |
 //! |---|---|
 //! | a plain listener off loopback without `redirect_https` | `listener[i].address` |
-//! | CORS allowing any origin (`"*"`) | `cors.allowed_origins` |
+//! | CORS allowing any origin (`"*"`), or `"null"` | `cors.allowed_origins` |
 //! | `auth = "none"` on a route not marked `public = true` | `route[i].public` |
 //! | an HS* secret that is a well-known example value or a placeholder (shorter than 32 bytes is refused everywhere) | `auth.jwt[i].secret` |
 //! | an API key without `expires` | `auth.api_key[i].expires` |
 //! | the admin listener on an address that is neither loopback nor private | `admin.address` |
 //! | a secret file (TLS key, HS* secret) readable by other users | the key naming it |
-//! | a configuration file writable by other users | the file |
+//! | a configuration file, or its directory, writable by other users | the file |
 //!
 //! Inline secrets are refused in every environment (keys and secrets come only through `env:`
 //! or `file:`), so a configuration file readable by others holds none; the files the secrets
@@ -53,7 +53,7 @@ pub(super) fn check(
     p: &mut Problems<'_>,
 ) {
     for (i, l) in listeners.iter().enumerate() {
-        if l.tls.is_none() && l.redirect_to.is_none() && !l.address.ip().is_loopback() {
+        if l.tls.is_none() && l.redirect_to.is_none() && !is_loopback(l.address.ip()) {
             p.push(
                 &format!("listener[{i}].address"),
                 format!("{} serves plain HTTP off loopback in production", l.address),
@@ -62,11 +62,20 @@ pub(super) fn check(
         }
     }
     if let Some(cors) = &file.cors {
-        if cors.allowed_origins.as_deref().unwrap_or(&[]).iter().any(|o| o == "*") {
+        let origins = cors.allowed_origins.as_deref().unwrap_or(&[]);
+        if origins.iter().any(|o| o == "*") {
             p.push(
                 "cors.allowed_origins",
                 "allows every origin (\"*\") in production",
                 "list the origins of your web apps, e.g. [\"https://app.example.com\"]",
+            );
+        }
+        // Sandboxed iframes, data: URLs and file: pages all send `Origin: null`: as open as "*".
+        if origins.iter().any(|o| o == "null") {
+            p.push(
+                "cors.allowed_origins",
+                "allows the \"null\" origin in production, which any sandboxed page can send",
+                "list the origins of your web apps instead",
             );
         }
     }
@@ -115,6 +124,7 @@ pub(super) fn check(
             );
         }
     }
+    let mut directories: Vec<PathBuf> = Vec::new();
     for f in files {
         if mode(f).is_some_and(|m| m & 0o002 != 0) {
             p.push(
@@ -122,6 +132,18 @@ pub(super) fn check(
                 format!("{} is writable by every user, who could rewrite the gateway's rules", f.display()),
                 format!("chmod o-w {}", f.display()),
             );
+        }
+        let dir = f.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        if !directories.contains(&dir) {
+            // Anyone who can write the directory can add a *.toml to it (or replace a file).
+            if mode(&dir).is_some_and(|m| m & 0o002 != 0 && m & 0o1000 == 0) {
+                p.push(
+                    "",
+                    format!("the directory {} is writable by every user", dir.display()),
+                    format!("chmod o-w {}", dir.display()),
+                );
+            }
+            directories.push(dir);
         }
     }
 }
@@ -144,7 +166,7 @@ fn check_secret_file(spec: &str, key: &str, p: &mut Problems<'_>) {
         p.push(
             key,
             format!("{} is readable by every user", path.display()),
-            format!("chmod o-r {} (and keep it owned by the gateway's user)", path.display()),
+            format!("chmod o-r {} (a Kubernetes secret: defaultMode 0440; Docker: secrets mode 0400)", path.display()),
         );
     }
 }
@@ -153,15 +175,25 @@ fn mode(path: &Path) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.permissions().mode())
 }
 
-fn is_loopback_or_private(ip: IpAddr) -> bool {
+fn is_loopback(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+/// Loopback, RFC 1918, link-local, the shared address space of RFC 6598 (100.64.0.0/10, used
+/// by carrier-grade NAT and overlay networks), and IPv6 unique-local and link-local.
+fn is_loopback_or_private(ip: IpAddr) -> bool {
+    let shared = |v4: std::net::Ipv4Addr| v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64;
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local() || shared(v4),
         // fc00::/7 (unique local) and fe80::/10 (link local).
         IpAddr::V6(v6) => {
             v6.is_loopback()
                 || (v6.segments()[0] & 0xfe00) == 0xfc00
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback() || v4.is_private())
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback() || v4.is_private() || shared(v4))
         }
     }
 }
@@ -172,11 +204,15 @@ mod tests {
 
     #[test]
     fn private_addresses() {
-        for ok in ["127.0.0.1", "10.1.2.3", "192.168.0.9", "172.16.5.5", "::1", "fd00::1", "::ffff:10.0.0.1"] {
+        for ok in
+            ["127.0.0.1", "10.1.2.3", "192.168.0.9", "172.16.5.5", "100.64.1.1", "::1", "fd00::1", "::ffff:10.0.0.1"]
+        {
             assert!(is_loopback_or_private(ok.parse().unwrap()), "{ok}");
         }
-        for public in ["0.0.0.0", "8.8.8.8", "172.32.0.1", "::", "2001:db8::1"] {
+        for public in ["0.0.0.0", "8.8.8.8", "172.32.0.1", "100.128.0.1", "::", "2001:db8::1"] {
             assert!(!is_loopback_or_private(public.parse().unwrap()), "{public}");
         }
+        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!is_loopback("::".parse().unwrap()));
     }
 }

@@ -812,6 +812,23 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_the_counts_of_unchanged_policies() {
+        let h = HeaderMap::new();
+        let c = caller("192.0.2.9", &h, None);
+        let before = limiter(&[("client", "2/minute"), ("header:x-tenant", "5/minute")]);
+        for _ in 0..2 {
+            before.check(&[0], &c, 600, &mut None).unwrap();
+        }
+        // The same client policy, and the tenant one changed to another rate.
+        let mut after = limiter(&[("client", "2/minute"), ("header:x-tenant", "9/minute")]);
+        after.adopt_counters(&before);
+        assert!(after.check(&[0], &c, 601, &mut None).is_err(), "the window's count carried over");
+        let mut fresh = limiter(&[("client", "3/minute")]);
+        fresh.adopt_counters(&before);
+        assert!(fresh.check(&[0], &c, 601, &mut None).is_ok(), "a changed rate starts empty");
+    }
+
+    #[test]
     fn failed_authentications_block_after_the_limit() {
         let l = limiter(&[]);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();

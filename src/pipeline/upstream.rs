@@ -147,6 +147,25 @@ impl Upstream {
         self
     }
 
+    /// After a reload: each target keeps the health `previous` (the same upstream before it)
+    /// saw, when the target and the check are unchanged, so `/readyz` and the rotation do not
+    /// start from "unknown" again.
+    pub fn adopt_health(&self, previous: &Upstream) {
+        let (Targets::Servers(now), Targets::Servers(before)) = (&self.targets, &previous.targets) else { return };
+        let same_check = match (&self.health_check, &previous.health_check) {
+            (Some(a), Some(b)) => a.path == b.path && a.timeout == b.timeout,
+            _ => false,
+        };
+        if !same_check {
+            return;
+        }
+        for (i, addr) in now.iter().enumerate() {
+            if let Some(j) = before.iter().position(|b| b == addr) {
+                self.health[i].set(previous.health[j].get());
+            }
+        }
+    }
+
     /// Targets that pass the health check; all of them when there is none (`builtin:echo`
     /// counts as one).
     pub fn healthy_targets(&self) -> usize {
@@ -250,6 +269,29 @@ mod tests {
         assert_ne!(port(a, 0), port(b, 0));
         assert_ne!(port(a, 0), port(a, 1));
         assert_eq!(u.attempts(), 2);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_health_of_unchanged_targets() {
+        let s = Duration::from_secs(1);
+        let check =
+            HealthCheck { path: "/h".into(), interval: s, timeout: s, healthy_threshold: 1, unhealthy_threshold: 1 };
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let before = Upstream::new("u".into(), Targets::Servers(vec![addr(1), addr(2)]), s, s, s, s)
+            .with_health_check(check.clone());
+        before.health[0].set(Health::Unhealthy);
+        before.health[1].set(Health::Healthy);
+        // Reordered, one target added: each keeps its own state; the new one is unknown.
+        let after = Upstream::new("u".into(), Targets::Servers(vec![addr(2), addr(3), addr(1)]), s, s, s, s)
+            .with_health_check(check.clone());
+        after.adopt_health(&before);
+        let states: Vec<Health> = after.health.iter().map(TargetHealth::get).collect();
+        assert_eq!(states, [Health::Healthy, Health::Unknown, Health::Unhealthy]);
+        // Another check path: nothing is carried over.
+        let other = HealthCheck { path: "/other".into(), ..check };
+        let changed = Upstream::new("u".into(), Targets::Servers(vec![addr(1)]), s, s, s, s).with_health_check(other);
+        changed.adopt_health(&before);
+        assert_eq!(changed.health[0].get(), Health::Unknown);
     }
 
     #[test]

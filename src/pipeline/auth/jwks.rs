@@ -282,13 +282,16 @@ impl RemoteJwks {
     async fn run(&self, mut shutdown: ShutdownWatch) {
         // However this ends (shutdown, a client that cannot be built, a panic), requests stop
         // waiting for fetches that will not come.
-        struct Stopped<'a>(&'a AtomicBool);
+        struct Stopped<'a>(&'a RemoteJwks);
         impl Drop for Stopped<'_> {
             fn drop(&mut self) {
-                self.0.store(true, Ordering::Release);
+                self.0.stopped.store(true, Ordering::Release);
+                // Wake the requests waiting for a fetch now: none is coming (a reload replaced
+                // this set, or the gateway stops).
+                self.0.fetched.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
-        let _stopped = Stopped(&self.stopped);
+        let _stopped = Stopped(self);
         let settings = &self.settings;
         let client = match reqwest::Client::builder()
             .timeout(settings.fetch_timeout)
