@@ -229,6 +229,8 @@ impl BackgroundService for Reloader {
                         break;
                     }
                     tracing::info!("SIGHUP: reloading the configuration");
+                    // Whatever the configuration says: log files rotated away are let go.
+                    self.logs.reopen();
                     tasks = self.reload(tasks).await;
                 }
                 _ = shutdown.changed() => break,

@@ -288,3 +288,24 @@ async fn production_checks_apply_to_a_reload() {
     assert!(failed["error"].as_str().unwrap().contains("route[1].public"), "{failed}");
     assert_eq!(status(&s.gw, "/limited", "").await, 200, "the development configuration still serves");
 }
+
+#[tokio::test]
+async fn a_reload_reopens_log_files_rotated_away() {
+    let s = start(&key_block("a", KEY_A), "30s").await;
+    assert_eq!(status(&s.gw, "/x", KEY_B).await, 401);
+    audit_event(&s.audit, "auth_failure").await;
+    // logrotate's default: move the file away, then ask for a reload.
+    let rotated = s.audit.with_extension("jsonl.1");
+    std::fs::rename(&s.audit, &rotated).unwrap();
+    s.gw.signal("HUP");
+    wait_metric(s.admin, r#"portcullis_config_reloads_total{result="success"}"#, "1").await;
+    // The writer looks for a reopen each time it wakes (every 10 ms at most).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(status(&s.gw, "/x", KEY_B).await, 401);
+    // The new file gets the lines from now on; the rotated one keeps the old ones (and perhaps
+    // config_reloaded, written as the reopen was asked for).
+    audit_event(&s.audit, "auth_failure").await;
+    let old: Vec<String> = audit_events(&rotated).iter().map(|e| e["event"].as_str().unwrap().to_string()).collect();
+    assert_eq!(old[..2], ["config_loaded", "auth_failure"]);
+    assert!(old[2..].iter().all(|e| e == "config_reloaded"), "{old:?}");
+}

@@ -15,7 +15,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,6 +82,8 @@ impl Destination {
 pub struct LogSink {
     tx: SyncSender<Vec<u8>>,
     queued_bytes: Arc<AtomicUsize>,
+    /// Asks the writer to open its file again (after logrotate moved it).
+    reopen: Arc<AtomicBool>,
     queue_full: IntCounter,
     closed: IntCounter,
 }
@@ -92,23 +94,28 @@ impl LogSink {
         let out: Box<dyn Write + Send> = match destination {
             Destination::Off => return Ok(None),
             Destination::Stdout => Box::new(io::stdout()),
-            Destination::File(path) => Box::new(OpenOptions::new().create(true).append(true).mode(0o640).open(path)?),
+            Destination::File(path) => Box::new(open_file(path)?),
         };
-        Self::to_writer(name, out).map(Some)
+        let path = match destination {
+            Destination::File(path) => Some(path.clone()),
+            _ => None,
+        };
+        Self::to_writer(name, out, path).map(Some)
     }
 
-    /// A sink writing to `out` from its own thread.
-    pub fn to_writer(name: &'static str, out: Box<dyn Write + Send>) -> io::Result<LogSink> {
+    /// A sink writing to `out` from its own thread; `path`, when given, is opened again on
+    /// [`LogSink::reopen`].
+    pub fn to_writer(name: &'static str, out: Box<dyn Write + Send>, path: Option<PathBuf>) -> io::Result<LogSink> {
         let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let reopen = Arc::new(AtomicBool::new(false));
         let write_error = METRICS.log_lines_dropped.with_label_values(&[name, "write_error"]);
-        let queued = queued_bytes.clone();
-        std::thread::Builder::new()
-            .name(format!("{name}-log"))
-            .spawn(move || drain(name, rx, out, &queued, write_error))?;
+        let writer = Writer { name, out, path, reopen: reopen.clone(), queued: queued_bytes.clone(), write_error };
+        std::thread::Builder::new().name(format!("{name}-log")).spawn(move || writer.drain(rx))?;
         Ok(LogSink {
             tx,
             queued_bytes,
+            reopen,
             queue_full: METRICS.log_lines_dropped.with_label_values(&[name, "queue_full"]),
             closed: METRICS.log_lines_dropped.with_label_values(&[name, "write_error"]),
         })
@@ -137,6 +144,47 @@ impl LogSink {
     }
 }
 
+impl LogSink {
+    /// Opens the log file again before the next write (a reload does this, so logrotate's
+    /// default `create` mode works with `postrotate systemctl reload portcullis`).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+}
+
+fn open_file(path: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+}
+
+/// The writer thread's state.
+struct Writer {
+    name: &'static str,
+    out: Box<dyn Write + Send>,
+    path: Option<PathBuf>,
+    reopen: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
+    write_error: IntCounter,
+}
+
+impl Writer {
+    fn drain(self, rx: Receiver<Vec<u8>>) {
+        let Writer { name, out, path, reopen, queued, write_error } = self;
+        drain(name, rx, out, &queued, write_error, || {
+            if !reopen.swap(false, Ordering::AcqRel) {
+                return None;
+            }
+            let path = path.as_ref()?;
+            match open_file(path) {
+                Ok(file) => Some(Box::new(file) as Box<dyn Write + Send>),
+                Err(error) => {
+                    tracing::warn!(log = name, path = %path.display(), %error, "cannot open the log again; writing to the old file");
+                    None
+                }
+            }
+        });
+    }
+}
+
 /// The writer thread: batches queued lines, writes and flushes them; a failed write drops its
 /// batch and is counted, with a warning at most once a minute.
 ///
@@ -149,11 +197,16 @@ fn drain(
     mut out: Box<dyn Write + Send>,
     queued_bytes: &AtomicUsize,
     write_error: IntCounter,
+    mut reopened: impl FnMut() -> Option<Box<dyn Write + Send>>,
 ) {
     let mut batch = Vec::with_capacity(BATCH_BYTES);
     let mut last_warning: Option<Instant> = None;
     let mut open = true;
     while open {
+        if let Some(file) = reopened() {
+            let _ = out.flush();
+            out = file;
+        }
         batch.clear();
         let mut lines = 0;
         while batch.len() < BATCH_BYTES {
@@ -197,6 +250,15 @@ pub struct Logs {
     pub audit: Option<LogSink>,
 }
 
+impl Logs {
+    /// Opens both log files again (see [`LogSink::reopen`]).
+    pub fn reopen(&self) {
+        for sink in [&self.access, &self.audit].into_iter().flatten() {
+            sink.reopen();
+        }
+    }
+}
+
 /// The current time as RFC 3339 UTC with milliseconds, e.g. `2026-11-25T12:00:00.123Z`.
 pub fn timestamp() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
@@ -232,7 +294,7 @@ mod tests {
     #[test]
     fn a_stuck_writer_never_blocks_the_caller() {
         let release = Arc::new(std::sync::Barrier::new(2));
-        let sink = LogSink::to_writer("stuck", Box::new(Stuck(release.clone()))).unwrap();
+        let sink = LogSink::to_writer("stuck", Box::new(Stuck(release.clone())), None).unwrap();
         let full = METRICS.log_lines_dropped.with_label_values(&["stuck", "queue_full"]);
         let started = Instant::now();
         // The writer takes at most one batch and then waits: everything past the queue drops.
