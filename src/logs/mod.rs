@@ -142,9 +142,7 @@ impl LogSink {
         self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         dropped.inc();
     }
-}
 
-impl LogSink {
     /// Opens the log file again before the next write (a reload does this, so logrotate's
     /// default `create` mode works with `postrotate systemctl reload portcullis`).
     pub fn reopen(&self) {
