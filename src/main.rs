@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use portcullis::cli::{self, Cli, Command, KeysCommand};
 
 /// mimalloc: the proxy allocates and frees many small buffers per request across threads,
 /// which glibc's allocator serves with more locking (measured with bench/run.sh).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use portcullis::cli::{self, Cli, Command, KeysCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -49,20 +49,16 @@ fn main() -> ExitCode {
             },
             Err(code) => code,
         },
-        Some(Command::Run { upgrade }) => match load() {
-            Ok(config) => {
-                init_logging(&config.process.log_level);
-                portcullis::run(config, &cli.config, *upgrade)
+        Some(Command::Run { .. }) | None => {
+            let upgrade = matches!(cli.command, Some(Command::Run { upgrade: true }));
+            match load() {
+                Ok(config) => {
+                    init_logging(&config.process.log_level);
+                    portcullis::run(config, &cli.config, upgrade)
+                }
+                Err(code) => code,
             }
-            Err(code) => code,
-        },
-        None => match load() {
-            Ok(config) => {
-                init_logging(&config.process.log_level);
-                portcullis::run(config, &cli.config, false)
-            }
-            Err(code) => code,
-        },
+        }
         Some(Command::Health { url }) => match cli::health(url) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
