@@ -85,7 +85,7 @@ const RESERVED_REQUEST_ID_HEADERS: [&str; 14] = [
     "content-type",
 ];
 
-/// Where the gateway runs: production refuses unsafe settings (operations issue).
+/// Where the gateway runs: production refuses unsafe settings (see `config/production.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Environment {
     /// The default.
