@@ -223,14 +223,19 @@ fn pair_is_secret(pair: &str) -> bool {
 
 fn truncate(mut s: String) -> String {
     if s.len() > MAX_LOGGED_VALUE {
-        let mut end = MAX_LOGGED_VALUE;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+        s.truncate(cut_at(&s, MAX_LOGGED_VALUE).len());
         s.push('…');
     }
     s
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn cut_at(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
@@ -271,17 +271,10 @@ fn by_request_id(lines: &[Value]) -> HashMap<String, Vec<&Value>> {
 }
 
 /// Reads a JSON-lines file until it has `n` lines (the writer thread is asynchronous).
-fn read_lines(path: &PathBuf, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        if lines.len() >= n || Instant::now() > deadline {
-            assert_eq!(lines.len(), n, "{}: {text}", path.display());
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn read_lines(path: &Path, n: usize) -> Vec<Value> {
+    let lines = common::wait_json_lines(path, n);
+    assert_eq!(lines.len(), n, "{}: {lines:?}", path.display());
+    lines
 }
 
 #[tokio::test]

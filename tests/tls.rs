@@ -395,18 +395,7 @@ async fn mutual_tls_accepts_the_ca_s_clients_and_refuses_others() {
     assert_eq!(upstream.hits(), 1);
 
     // The logs say who came over TLS with which certificate.
-    let read = |path: &Path, n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-            if lines.len() >= n || Instant::now() > deadline {
-                return lines;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let access = read(&access_log, 2);
+    let access = common::wait_json_lines(&access_log, 2);
     let served = access.iter().find(|l| l["status"] == 200).unwrap();
     assert_eq!(served["tls"], true);
     assert_eq!(served["auth_method"], "mtls");
@@ -416,7 +405,7 @@ async fn mutual_tls_accepts_the_ca_s_clients_and_refuses_others() {
         (refused["tls"].clone(), refused["reason"].clone()),
         (serde_json::json!(true), serde_json::json!("missing"))
     );
-    let audit = read(&audit_log, 3);
+    let audit = common::wait_json_lines(&audit_log, 3);
     let success = audit.iter().find(|l| l["event"] == "auth_success").unwrap();
     assert_eq!(success["method"], "mtls");
     assert_eq!(success["subject"], "CN=billing-service,O=Portcullis Tests");

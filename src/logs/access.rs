@@ -20,18 +20,10 @@ use serde::Serialize;
 
 use crate::ctx::Exchange;
 use crate::error::GatewayError;
-use crate::redact::{redact, redact_target, redact_value};
+use crate::redact::{cut_at, redact, redact_target, redact_value};
 
 /// The longest method logged: extension methods can be as long as a request head.
 const MAX_LOGGED_METHOD: usize = 32;
-
-fn truncated(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
 
 /// One access log line.
 #[derive(Debug, Serialize)]
@@ -90,7 +82,7 @@ impl<'a> AccessRecord<'a> {
             time: super::timestamp(),
             request_id: redact(ctx.request_id.to_str().unwrap_or("")),
             client_ip: ctx.client_ip,
-            method: truncated(x.request.method.as_str(), MAX_LOGGED_METHOD),
+            method: cut_at(x.request.method.as_str(), MAX_LOGGED_METHOD),
             host,
             path: redact_target(target),
             protocol: x.protocol,

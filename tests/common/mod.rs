@@ -158,6 +158,20 @@ pub async fn wait_listening(addr: SocketAddr) {
     }
 }
 
+/// The JSON lines of `path` once it holds at least `n` (logs are written by a background
+/// thread), or whatever it holds after 10 s.
+pub fn wait_json_lines(path: &Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A loopback address with a port that was free a moment ago.
 pub fn free_addr() -> SocketAddr {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
