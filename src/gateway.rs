@@ -183,22 +183,29 @@ impl Gateway {
 
     /// Sets what every response carries: the request id, the CORS headers of an actual
     /// request (or the `Vary` of a preflight), the rate-limit headers of a limited route.
+    ///
+    /// The headers are edited in the `http` map, as the forward stage does with the request's
+    /// (see [`forward::prepare_upstream_request`] for why).
     fn decorate(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
         let rt = &*ctx.runtime;
-        resp.insert_header(rt.request_id_header.clone(), ctx.request_id.clone())?;
+        let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
+        let mut parts = http::response::Parts::from(std::mem::replace(resp, empty));
+        let headers = &mut parts.headers;
+        headers.insert(rt.request_id_header.clone(), ctx.request_id.clone());
         if let Some(hsts) = &ctx.hsts {
-            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+            headers.insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
         match (&ctx.cors, &rt.cors) {
-            (CorsState::Actual(origin), Some(cors)) => cors.decorate(resp, origin.as_ref())?,
-            (CorsState::Preflight, _) => cors::add_vary(resp, cors::preflight_vary())?,
+            (CorsState::Actual(origin), Some(cors)) => cors.decorate(headers, origin.as_ref()),
+            (CorsState::Preflight, _) => cors::add_vary(headers, cors::preflight_vary()),
             _ => {}
         }
         let policy_header = ctx.route.and_then(|id| rt.routes.get(id).ratelimit_policy.as_ref());
         if ctx.quota.is_some() || policy_header.is_some() {
             // `t=` counts from now: a slow upstream's response says how long is left after it.
-            rt.limits.decorate(resp, ctx.quota.as_ref(), policy_header, unix_now())?;
+            rt.limits.decorate(headers, ctx.quota.as_ref(), policy_header, unix_now());
         }
+        *resp = ResponseHeader::from(parts);
         Ok(())
     }
 

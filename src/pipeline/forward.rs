@@ -20,8 +20,8 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderName, HeaderValue, Uri};
+use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use pingora::http::RequestHeader;
 
 use crate::error::GatewayError;
@@ -95,40 +95,83 @@ pub struct Forwarding<'a> {
 }
 
 /// Rewrites `req` (a copy of the client's request) into what the upstream receives.
+///
+/// The headers are edited in the `http` map directly, with names made once: Pingora's own
+/// `insert_header` parses every name again and keeps its spelling in a second map, and cost
+/// more than the rest of this stage together. Without that map the upstream gets standard
+/// names in their usual case and others in lower case, as HTTP/2 (and Envoy) send them.
 pub fn prepare_upstream_request(
     req: &mut RequestHeader,
     proxies: &TrustedProxies,
     fwd: &Forwarding<'_>,
 ) -> Result<(), GatewayError> {
-    remove_connection_listed(req);
-    for name in HOP_BY_HOP {
-        req.remove_header(name);
+    // Pingora keeps an absolute-form target's original bytes and serialises them unless the URI
+    // is set again: the upstream always gets origin-form.
+    let target = if fwd.canonical_path.is_some() || !req.raw_path().starts_with(b"/") {
+        let path = fwd.canonical_path.unwrap_or_else(|| req.uri.path());
+        let target = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        Some(Uri::try_from(target).map_err(|_| GatewayError::BadPath("invalid request target"))?)
+    } else {
+        None
+    };
+    let mut parts = take_parts(req);
+    let rewritten = rewrite_headers(&mut parts.headers, proxies, fwd);
+    if let Some(uri) = target {
+        parts.uri = uri;
     }
+    // Origin-form targets round-trip through the URI, so nothing of the original bytes is lost.
+    *req = RequestHeader::from(parts);
+    rewritten
+}
+
+/// The `http` parts of `req`, which is left empty.
+fn take_parts(req: &mut RequestHeader) -> http::request::Parts {
+    let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
+    std::mem::replace(req, empty).into()
+}
+
+/// The header rewrite of [`prepare_upstream_request`].
+pub fn rewrite_headers(
+    headers: &mut HeaderMap,
+    proxies: &TrustedProxies,
+    fwd: &Forwarding<'_>,
+) -> Result<(), GatewayError> {
     let trusted = proxies.contains(fwd.peer);
-    remove_reserved_headers(req, trusted);
-    if let Some(api_key_headers) = fwd.strip_credentials {
-        req.remove_header(&http::header::AUTHORIZATION);
-        for name in api_key_headers {
-            req.remove_header(name);
+    remove_connection_listed(headers);
+    // One pass over the names the client sent; the common request has nothing to remove and
+    // allocates nothing here.
+    let strip = |name: &HeaderName| {
+        is_reserved(name, trusted)
+            || fwd
+                .strip_credentials
+                .is_some_and(|api_key_headers| *name == AUTHORIZATION || api_key_headers.contains(name))
+    };
+    if headers.keys().any(strip) {
+        let doomed: Vec<HeaderName> = headers.keys().filter(|n| strip(n)).cloned().collect();
+        for name in doomed {
+            headers.remove(&name);
         }
     }
     if let Some(id) = &fwd.identity {
-        set(req, X_AUTH_SUBJECT, id.subject.clone())?;
-        set(req, X_AUTH_METHOD, id.method.clone())?;
+        headers.insert(X_AUTH_SUBJECT, id.subject.clone());
+        headers.insert(X_AUTH_METHOD, id.method.clone());
         if let Some(key_id) = id.key_id {
-            set(req, X_AUTH_KEY_ID, key_id.clone())?;
+            headers.insert(X_AUTH_KEY_ID, key_id.clone());
         }
         if let Some(issuer) = id.issuer {
-            set(req, X_AUTH_ISSUER, issuer.clone())?;
+            headers.insert(X_AUTH_ISSUER, issuer.clone());
         }
-        set(req, X_AUTH_PERMISSIONS, id.permissions.clone())?;
+        headers.insert(X_AUTH_PERMISSIONS, id.permissions.clone());
         for (name, value) in id.claims {
-            set(req, name.clone(), value.clone())?;
+            headers.insert(name.clone(), value.clone());
         }
     }
 
-    let peer = HeaderValue::from_str(&canonical(fwd.peer).to_string()).map_err(|_| GatewayError::Internal)?;
-    let xff = match (trusted, joined(req, &X_FORWARDED_FOR)) {
+    let peer = address_value(canonical(fwd.peer));
+    let xff = match (trusted, joined(headers, &X_FORWARDED_FOR)) {
         (true, Some(prior)) => {
             let mut v = prior;
             v.extend_from_slice(b", ");
@@ -137,36 +180,49 @@ pub fn prepare_upstream_request(
         }
         _ => peer,
     };
-    set(req, X_FORWARDED_FOR, xff)?;
-    if !trusted || req.headers.get(&X_FORWARDED_PROTO).is_none() {
-        set(req, X_FORWARDED_PROTO, HeaderValue::from_static(fwd.scheme))?;
+    headers.insert(X_FORWARDED_FOR, xff);
+    if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.scheme));
     }
-    if !trusted || req.headers.get(&X_FORWARDED_HOST).is_none() {
-        set(req, X_FORWARDED_HOST, fwd.host.clone())?;
+    if !trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+        headers.insert(X_FORWARDED_HOST, fwd.host.clone());
     }
-    set(req, HOST, fwd.host.clone())?;
-    set(req, fwd.request_id.0.clone(), fwd.request_id.1.clone())?;
-
-    // Pingora keeps an absolute-form target's original bytes and serialises them unless the URI
-    // is set again: the upstream always gets origin-form.
-    if fwd.canonical_path.is_some() || !req.raw_path().starts_with(b"/") {
-        let path = fwd.canonical_path.unwrap_or_else(|| req.uri.path());
-        let target = match req.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_string(),
-        };
-        req.set_uri(Uri::try_from(target).map_err(|_| GatewayError::BadPath("invalid request target"))?);
-    }
+    headers.insert(HOST, fwd.host.clone());
+    headers.insert(fwd.request_id.0.clone(), fwd.request_id.1.clone());
     Ok(())
 }
 
-fn set(req: &mut RequestHeader, name: HeaderName, value: HeaderValue) -> Result<(), GatewayError> {
-    req.insert_header(name, value).map_err(|_| GatewayError::Internal)
+/// An address as a header value. IPv4, by far the common case, is written by hand on the
+/// stack: `Display` goes through the formatting machinery and cost more than every header
+/// insert of this stage.
+fn address_value(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""));
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    HeaderValue::from_bytes(&text[..len]).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// All values of a header joined with ", ", or `None` when absent.
-fn joined(req: &RequestHeader, name: &HeaderName) -> Option<Vec<u8>> {
-    let mut values = req.headers.get_all(name).iter();
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut values = headers.get_all(name).iter();
     let mut out = values.next()?.as_bytes().to_vec();
     for v in values {
         out.extend_from_slice(b", ");
@@ -177,12 +233,11 @@ fn joined(req: &RequestHeader, name: &HeaderName) -> Option<Vec<u8>> {
 
 /// Removes the headers the client named in `Connection`, sparing the framing headers (Pingora
 /// frames the upstream request from them) and `Host` (set again below anyway).
-fn remove_connection_listed(req: &mut RequestHeader) {
-    if req.headers.get(CONNECTION).is_none() {
+fn remove_connection_listed(headers: &mut HeaderMap) {
+    if !headers.contains_key(CONNECTION) {
         return;
     }
-    let listed: Vec<HeaderName> = req
-        .headers
+    let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -191,28 +246,20 @@ fn remove_connection_listed(req: &mut RequestHeader) {
         .filter(|name| *name != CONTENT_LENGTH && *name != TRANSFER_ENCODING && *name != HOST)
         .collect();
     for name in listed {
-        req.remove_header(&name);
+        headers.remove(&name);
     }
 }
 
-/// Removes what only the gateway (or a trusted proxy) may say: identity headers, underscore
-/// spellings, routing overrides, and, from untrusted peers, client-address assertions.
-fn remove_reserved_headers(req: &mut RequestHeader, trusted: bool) {
-    let reserved = |name: &HeaderName| {
-        let name = name.as_str();
-        name.starts_with(IDENTITY_HEADER_PREFIX)
-            || name.contains('_')
-            || ROUTING_OVERRIDES.contains(&name)
-            || (!trusted && PROXY_ASSERTIONS.contains(&name))
-    };
-    // Collect only when there is something to remove: the common request allocates nothing here.
-    if !req.headers.keys().any(reserved) {
-        return;
-    }
-    let forged: Vec<HeaderName> = req.headers.keys().filter(|n| reserved(n)).cloned().collect();
-    for name in forged {
-        req.remove_header(&name);
-    }
+/// What only the gateway (or a trusted proxy) may say, and what describes one connection:
+/// hop-by-hop headers, identity headers, underscore spellings, routing overrides, and, from
+/// untrusted peers, client-address assertions.
+fn is_reserved(name: &HeaderName, trusted: bool) -> bool {
+    let name = name.as_str();
+    HOP_BY_HOP.contains(&name)
+        || name.starts_with(IDENTITY_HEADER_PREFIX)
+        || name.contains('_')
+        || ROUTING_OVERRIDES.contains(&name)
+        || (!trusted && PROXY_ASSERTIONS.contains(&name))
 }
 
 #[cfg(test)]
@@ -286,6 +333,44 @@ mod tests {
         assert_eq!(req.uri.to_string(), "/a/b?x=1");
         assert_eq!(get(&req, "host"), Some("api.example.com:8080"));
         assert_eq!(get(&req, "x-request-id"), Some("rid-1"));
+    }
+
+    #[test]
+    fn addresses_render_as_display_does() {
+        for ip in ["0.0.0.0", "1.2.3.4", "10.0.99.100", "255.255.255.255", "192.168.1.9", "2001:db8::1", "::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(address_value(ip), ip.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn credentials_are_stripped_unless_forwarded() {
+        let key_header = [HeaderName::from_static("x-api-key")];
+        let mut req = request(&[("Authorization", "Bearer a.b.c"), ("X-API-Key", "pcs_x"), ("Accept", "*/*")]);
+        let proxies = TrustedProxies::new(vec![]);
+        let host = HeaderValue::from_static("api.example.com");
+        let name = HeaderName::from_static("x-request-id");
+        let id = HeaderValue::from_static("rid-1");
+        let mut fwd = Forwarding {
+            peer: "192.0.2.7".parse().unwrap(),
+            scheme: "https",
+            host: &host,
+            canonical_path: None,
+            request_id: (&name, &id),
+            identity: None,
+            strip_credentials: Some(&key_header),
+        };
+        let mut kept = req.clone();
+        prepare_upstream_request(&mut req, &proxies, &fwd).unwrap();
+        assert_eq!(get(&req, "authorization"), None);
+        assert_eq!(get(&req, "x-api-key"), None);
+        assert_eq!(get(&req, "accept"), Some("*/*"));
+        assert_eq!(get(&req, "x-forwarded-proto"), Some("https"));
+        assert_eq!(req.raw_path(), b"/a//b?x=1", "an origin-form target is kept byte for byte");
+        fwd.strip_credentials = None;
+        prepare_upstream_request(&mut kept, &proxies, &fwd).unwrap();
+        assert_eq!(get(&kept, "authorization"), Some("Bearer a.b.c"));
+        assert_eq!(get(&kept, "x-api-key"), Some("pcs_x"));
     }
 
     #[test]

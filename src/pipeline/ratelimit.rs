@@ -33,7 +33,6 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
 use pingora_limits::estimator::Estimator;
 
 use crate::error::GatewayError;
@@ -293,17 +292,15 @@ impl RateLimiter {
     /// (also when no standing is known, as on a preflight).
     pub fn decorate(
         &self,
-        resp: &mut ResponseHeader,
+        headers: &mut HeaderMap,
         quota: Option<&Quota>,
         policy_header: Option<&HeaderValue>,
         now: u64,
-    ) -> pingora::Result<()> {
-        // Names as `&'static str`: Pingora keeps each header's case, and a `HeaderName` would
-        // be copied into a fresh buffer for that on every response.
+    ) {
         if let Some((quota, policy)) = quota.and_then(|q| Some((q, self.policy(q.policy)?))) {
-            resp.insert_header("X-RateLimit-Limit", policy.limit_header.clone())?;
-            resp.insert_header("X-RateLimit-Remaining", quota.remaining)?;
-            resp.insert_header("X-RateLimit-Reset", quota.reset)?;
+            headers.insert(X_RATELIMIT_LIMIT, policy.limit_header.clone());
+            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(quota.remaining));
+            headers.insert(X_RATELIMIT_RESET, HeaderValue::from(quota.reset));
             // `"name";r=N;t=N` written on the stack: the name was checked at load to need no
             // escaping.
             let mut field = [0u8; 160];
@@ -313,14 +310,13 @@ impl RateLimiter {
             let len = cursor.position() as usize;
             if written.is_ok() {
                 if let Ok(value) = HeaderValue::from_bytes(&field[..len]) {
-                    resp.insert_header("RateLimit", value)?;
+                    headers.insert(RATELIMIT, value);
                 }
             }
         }
         if let Some(value) = policy_header {
-            resp.insert_header("RateLimit-Policy", value.clone())?;
+            headers.insert(RATELIMIT_POLICY, value.clone());
         }
-        Ok(())
     }
 
     fn key_hash(&self, key: &LimitKey, caller: &Caller<'_>) -> u64 {
@@ -850,17 +846,17 @@ mod tests {
     #[test]
     fn headers_render_for_any_policy() {
         let l = limiter(&[("client", "10/minute")]);
-        let mut resp = ResponseHeader::build(200, None).unwrap();
+        let mut headers = HeaderMap::new();
         let quota = Quota { policy: AUTH_FAILURES, remaining: 0, reset: 120 };
-        l.decorate(&mut resp, Some(&quota), None, 100).unwrap();
-        assert_eq!(resp.headers["x-ratelimit-limit"], "3");
-        assert_eq!(resp.headers["x-ratelimit-remaining"], "0");
-        assert_eq!(resp.headers["x-ratelimit-reset"], "120");
-        assert_eq!(resp.headers["ratelimit"], "\"auth_failures\";r=0;t=20");
-        let mut bare = ResponseHeader::build(200, None).unwrap();
+        l.decorate(&mut headers, Some(&quota), None, 100);
+        assert_eq!(headers["x-ratelimit-limit"], "3");
+        assert_eq!(headers["x-ratelimit-remaining"], "0");
+        assert_eq!(headers["x-ratelimit-reset"], "120");
+        assert_eq!(headers["ratelimit"], "\"auth_failures\";r=0;t=20");
+        let mut bare = HeaderMap::new();
         let policy = policy_header(&l.policies, &[0]);
-        l.decorate(&mut bare, None, policy.as_ref(), 100).unwrap();
-        assert_eq!(bare.headers["ratelimit-policy"], "\"client\";q=10;w=60");
-        assert!(bare.headers.get("x-ratelimit-remaining").is_none());
+        l.decorate(&mut bare, None, policy.as_ref(), 100);
+        assert_eq!(bare["ratelimit-policy"], "\"client\";q=10;w=60");
+        assert!(bare.get("x-ratelimit-remaining").is_none());
     }
 }

@@ -80,6 +80,8 @@ pub struct RouteTable {
     by_path: HashMap<Box<str>, Vec<RouteId>>,
     /// The same, keyed by lower-cased path.
     by_folded_path: HashMap<Box<str>, Vec<RouteId>>,
+    /// The longest route path: longer prefixes of a request's path are not looked up.
+    longest_path: usize,
 }
 
 impl RouteTable {
@@ -97,7 +99,8 @@ impl RouteTable {
         for (id, route) in routes.iter().enumerate() {
             by_folded_path.entry(route.path.to_ascii_lowercase().into()).or_default().push(id);
         }
-        RouteTable { routes, by_path, by_folded_path }
+        let longest_path = routes.iter().map(|r| r.path.len()).max().unwrap_or(0);
+        RouteTable { routes, by_path, by_folded_path, longest_path }
     }
 
     /// Refuses a path that a case-insensitive or suffix-stripping backend would take for a more
@@ -105,6 +108,9 @@ impl RouteTable {
     /// exists).
     pub fn check_unambiguous(&self, host: &str, path: &str, matched: RouteId) -> Result<(), GatewayError> {
         let matched_len = self.routes[matched].path.len();
+        if matched_len >= self.longest_path {
+            return Ok(());
+        }
         let folded: Cow<'_, str> = if path.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(path.to_ascii_lowercase())
         } else {
@@ -125,7 +131,7 @@ impl RouteTable {
     fn longest_prefix_len(&self, index: &HashMap<Box<str>, Vec<RouteId>>, host: &str, path: &str) -> usize {
         let serves_host =
             |ids: &Vec<RouteId>| ids.iter().any(|&id| self.routes[id].host.as_ref().is_none_or(|h| h.matches(host)));
-        prefixes(path).find(|prefix| index.get(*prefix).is_some_and(serves_host)).map_or(0, str::len)
+        self.prefixes(path).find(|prefix| index.get(*prefix).is_some_and(serves_host)).map_or(0, str::len)
     }
 
     /// The route by id.
@@ -140,9 +146,14 @@ impl RouteTable {
 
     /// Finds the route for a normalised host, a canonical path and a method.
     pub fn lookup(&self, host: &str, path: &str, method: &Method) -> Result<RouteId, GatewayError> {
-        prefixes(path)
+        self.prefixes(path)
             .find_map(|prefix| self.lookup_exact(host, prefix, method))
             .unwrap_or(Err(GatewayError::RouteNotFound))
+    }
+
+    /// The prefixes of `path` that some route could have, longest first.
+    fn prefixes<'p>(&self, path: &'p str) -> impl Iterator<Item = &'p str> + use<'_, 'p> {
+        prefixes(path).skip_while(|prefix| prefix.len() > self.longest_path)
     }
 
     /// Routes at exactly `prefix` for `host`: `None` when there are none, so the caller tries a
