@@ -191,6 +191,7 @@ impl Gateway {
         let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
         let mut parts = http::response::Parts::from(std::mem::replace(resp, empty));
         let headers = &mut parts.headers;
+        headers.reserve(10);
         headers.insert(rt.request_id_header.clone(), ctx.request_id.clone());
         if let Some(hsts) = &ctx.hsts {
             headers.insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());

@@ -104,7 +104,6 @@ pub fn build_server(
         // Where a new binary started with `run --upgrade` waits for this one's sockets.
         upgrade_sock: process.upgrade_socket.display().to_string(),
         threads: process.threads,
-        work_stealing: false,
         upstream_keepalive_pool_size: process.upstream_keepalive_pool_size,
         // Pingora keeps serving in-flight requests for the grace period after SIGTERM.
         grace_period_seconds: Some(process.shutdown_grace.as_secs()),
