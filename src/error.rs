@@ -238,7 +238,7 @@ pub fn json_response(
     request_id_header: &HeaderName,
     request_id: &HeaderValue,
 ) -> pingora::Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(status, Some(6))?;
+    let mut resp = ResponseHeader::build_no_case(status, Some(6))?;
     resp.insert_header(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))?;
     resp.insert_header(http::header::CONTENT_LENGTH, len)?;
     resp.insert_header(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"))?;

@@ -188,6 +188,8 @@ impl Gateway {
     /// (see [`forward::prepare_upstream_request`] for why).
     fn decorate(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
         let rt = &*ctx.runtime;
+        // An upstream's own reason phrase is kept (allocated only when it is not the standard one).
+        let reason = resp.get_reason_phrase().filter(|r| Some(*r) != resp.status.canonical_reason()).map(str::to_owned);
         let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
         let mut parts = http::response::Parts::from(std::mem::replace(resp, empty));
         let headers = &mut parts.headers;
@@ -207,12 +209,15 @@ impl Gateway {
             rt.limits.decorate(headers, ctx.quota.as_ref(), policy_header, unix_now());
         }
         *resp = ResponseHeader::from(parts);
+        if reason.is_some() {
+            resp.set_reason_phrase(reason.as_deref())?;
+        }
         Ok(())
     }
 
     /// 308 to the https URL: the method and body are to be sent again there, not dropped.
     async fn redirect(session: &mut Session, ctx: &RequestCtx, location: HeaderValue) -> Result<()> {
-        let mut resp = ResponseHeader::build(http::StatusCode::PERMANENT_REDIRECT, Some(4))?;
+        let mut resp = ResponseHeader::build_no_case(http::StatusCode::PERMANENT_REDIRECT, Some(4))?;
         resp.insert_header(http::header::LOCATION, location)?;
         resp.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"))?;
         resp.insert_header(ctx.runtime.request_id_header.clone(), ctx.request_id.clone())?;

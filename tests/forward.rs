@@ -134,3 +134,63 @@ async fn request_id_is_kept_when_valid_generated_otherwise_and_returned() {
         assert_eq!(resp.json()["headers"]["x-request-id"], serde_json::json!([id]));
     }
 }
+
+/// An upstream that answers one request with `response`, and hands over the request it read.
+async fn one_shot_upstream(response: &'static [u8]) -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed before the request head ended");
+            request.extend_from_slice(&buf[..n]);
+        }
+        stream.write_all(response).await.unwrap();
+        let _ = tx.send(request);
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn the_target_and_an_upstream_reason_phrase_pass_unchanged() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, received) =
+        one_shot_upstream(b"HTTP/1.1 299 Fine By Me\r\nContent-Length: 2\r\nX-Upstream-Thing: v\r\n\r\nok").await;
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+allowed_hosts = ["localhost"]
+[[upstream]]
+name = "api"
+targets = ["{upstream}"]
+[[route]]
+path = "/"
+upstream = "api"
+auth = "none"
+"#
+    ))
+    .await;
+    // Bytes that are not UTF-8 in the target are refused by Pingora's parser: they never reach
+    // the upstream (the one-shot upstream would hand this request over instead of the next).
+    let refused = raw(gw.addr, b"GET /q?name=\xe9t\xe9 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(refused.status, 400);
+
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let target = "/q?name=%C3%A9t%C3%A9&a=1&a=2&empty=&%7E=~";
+    let request = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    client.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 299 Fine By Me\r\n"), "{response}");
+    assert!(response.to_ascii_lowercase().contains("\r\nx-upstream-thing: v\r\n"), "{response}");
+    assert!(response.ends_with("\r\n\r\nok"), "{response}");
+    let forwarded = received.await.unwrap();
+    let forwarded = String::from_utf8_lossy(&forwarded);
+    assert!(forwarded.starts_with(&format!("GET {target} HTTP/1.1\r\n")), "{forwarded}");
+}

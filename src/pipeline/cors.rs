@@ -268,7 +268,7 @@ impl CorsPolicy {
         }
         let allow_headers = self.allowed_request_headers(req)?;
         let reject = |_| GatewayError::Internal;
-        let mut resp = ResponseHeader::build(StatusCode::NO_CONTENT, Some(8)).map_err(reject)?;
+        let mut resp = ResponseHeader::build_no_case(StatusCode::NO_CONTENT, Some(8)).map_err(reject)?;
         resp.insert_header(ACCESS_CONTROL_ALLOW_ORIGIN, origin).map_err(reject)?;
         resp.insert_header(ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone()).map_err(reject)?;
         if let Some(headers) = allow_headers {

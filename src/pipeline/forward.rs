@@ -113,18 +113,40 @@ pub fn prepare_upstream_request(
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
         };
-        Some(Uri::try_from(target).map_err(|_| GatewayError::BadPath("invalid request target"))?)
+        Target::Uri(Uri::try_from(target).map_err(|_| GatewayError::BadPath("invalid request target"))?)
+    } else if !req.raw_path_is_utf8() {
+        // A query with bytes that are not UTF-8 (the path would not be canonical): the URI holds
+        // a lossy copy, the original bytes go upstream as the client sent them.
+        Target::Raw(req.raw_path().into())
     } else {
-        None
+        // Origin-form in UTF-8: the URI reproduces the target byte for byte.
+        Target::AsIs
     };
     let mut parts = take_parts(req);
     let rewritten = rewrite_headers(&mut parts.headers, proxies, fwd);
-    if let Some(uri) = target {
-        parts.uri = uri;
-    }
-    // Origin-form targets round-trip through the URI, so nothing of the original bytes is lost.
+    let raw = match target {
+        Target::AsIs => None,
+        Target::Uri(uri) => {
+            parts.uri = uri;
+            None
+        }
+        Target::Raw(bytes) => Some(bytes),
+    };
     *req = RequestHeader::from(parts);
+    if let Some(bytes) = raw {
+        req.set_raw_path(&bytes).map_err(|_| GatewayError::BadPath("invalid request target"))?;
+    }
     rewritten
+}
+
+/// The request-target the upstream gets.
+enum Target {
+    /// The request's own, which its URI reproduces.
+    AsIs,
+    /// Origin-form with the canonical path.
+    Uri(Uri),
+    /// The original bytes (not UTF-8).
+    Raw(Box<[u8]>),
 }
 
 /// The `http` parts of `req`, which is left empty.
@@ -134,7 +156,7 @@ fn take_parts(req: &mut RequestHeader) -> http::request::Parts {
 }
 
 /// The header rewrite of [`prepare_upstream_request`].
-pub fn rewrite_headers(
+fn rewrite_headers(
     headers: &mut HeaderMap,
     proxies: &TrustedProxies,
     fwd: &Forwarding<'_>,
@@ -172,7 +194,7 @@ pub fn rewrite_headers(
         }
     }
 
-    let peer = address_value(canonical(fwd.peer));
+    let peer = address_value(canonical(fwd.peer)).ok_or(GatewayError::Internal)?;
     let xff = match (trusted, joined(headers, &X_FORWARDED_FOR)) {
         (true, Some(prior)) => {
             let mut v = prior;
@@ -197,9 +219,9 @@ pub fn rewrite_headers(
 /// An address as a header value. IPv4, by far the common case, is written by hand on the
 /// stack: `Display` goes through the formatting machinery and cost more than every header
 /// insert of this stage.
-fn address_value(ip: IpAddr) -> HeaderValue {
+fn address_value(ip: IpAddr) -> Option<HeaderValue> {
     let IpAddr::V4(v4) = ip else {
-        return HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""));
+        return HeaderValue::from_str(&ip.to_string()).ok();
     };
     let mut text = [0u8; 15];
     let mut len = 0;
@@ -219,7 +241,7 @@ fn address_value(ip: IpAddr) -> HeaderValue {
         text[len] = b'0' + octet % 10;
         len += 1;
     }
-    HeaderValue::from_bytes(&text[..len]).unwrap_or_else(|_| HeaderValue::from_static(""))
+    HeaderValue::from_bytes(&text[..len]).ok()
 }
 
 /// All values of a header joined with ", ", or `None` when absent.
@@ -339,10 +361,40 @@ mod tests {
 
     #[test]
     fn addresses_render_as_display_does() {
-        for ip in ["0.0.0.0", "1.2.3.4", "10.0.99.100", "255.255.255.255", "192.168.1.9", "2001:db8::1", "::1"] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(address_value(ip), ip.to_string().as_str());
+        for octet in 0..=255u8 {
+            for ip in [[octet, 0, 9, 255], [1, octet, 10, 99], [100, 200, octet, 0], [255, 1, 2, octet]] {
+                let ip = IpAddr::from(ip);
+                assert_eq!(address_value(ip).unwrap(), ip.to_string().as_str());
+            }
         }
+        for ip in ["2001:db8::1", "::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(address_value(ip).unwrap(), ip.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn a_query_that_is_not_utf8_goes_upstream_as_sent() {
+        let mut req = RequestHeader::build("GET", b"/a?x=\xff%20", None).unwrap();
+        assert!(!req.raw_path_is_utf8());
+        let proxies = TrustedProxies::new(vec![]);
+        let host = HeaderValue::from_static("api.example.com");
+        let name = HeaderName::from_static("x-request-id");
+        let id = HeaderValue::from_static("rid-1");
+        let fwd = Forwarding {
+            peer: "192.0.2.7".parse().unwrap(),
+            scheme: "http",
+            host: &host,
+            canonical_path: None,
+            request_id: (&name, &id),
+            identity: None,
+            strip_credentials: None,
+        };
+        prepare_upstream_request(&mut req, &proxies, &fwd).unwrap();
+        assert_eq!(req.raw_path(), b"/a?x=\xff%20");
+        let mut wire = Vec::new();
+        req.header_to_h1_wire(&mut wire);
+        assert!(String::from_utf8_lossy(&wire).contains("x-request-id: rid-1"), "{wire:?}");
     }
 
     #[test]
