@@ -492,32 +492,33 @@ run_h2() { # name | proxy | header  →  a line of $WORK/h2.results
 
 median() { sort -n | awk '{a[NR] = $1} END {if (NR) print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
+# The medians of one configuration's runs in a results file: "requests/s p50 p99 [RSS]".
+medians() { # results file | configuration name
+  local field values=()
+  for field in 2 3 4 5; do
+    values+=("$(awk -F'|' -v n="$2" -v f="$field" '$1 == n && $f != "" {print $f}' "$1" | median)")
+  done
+  echo "${values[*]}"
+}
+
 # Table of medians: $1 results file, then the configuration list.
 table() {
   local results="$1"
   shift
-  local -A rps p50 p99 rss
-  local config name
-  for config in "$@"; do
-    name="${config%%|*}"
-    rps[$name]="$(awk -F'|' -v n="$name" '$1 == n {print $2}' "$results" | median)"
-    p50[$name]="$(awk -F'|' -v n="$name" '$1 == n {print $3}' "$results" | median)"
-    p99[$name]="$(awk -F'|' -v n="$name" '$1 == n {print $4}' "$results" | median)"
-    rss[$name]="$(awk -F'|' -v n="$name" '$1 == n && $5 != "" {print $5}' "$results" | median)"
-  done
-  local plain="${rps[portcullis, route only]}" nginx="${rps[nginx proxy_pass]}"
+  local plain nginx config name r a b m envoy
+  read -r plain _ <<<"$(medians "$results" "portcullis, route only")"
+  read -r nginx _ <<<"$(medians "$results" "nginx proxy_pass")"
   echo "| configuration | requests/s | p50 | p99 | RSS | vs route only | vs nginx | vs Envoy |"
   echo "|---|---|---|---|---|---|---|---|"
   for config in "$@"; do
     name="${config%%|*}"
+    read -r r a b m <<<"$(medians "$results" "$name")"
     # Portcullis' full pipeline against Envoy doing the same work with the same credential.
-    local envoy_name="" envoy=""
-    case "$name" in "portcullis full, "*) envoy_name="envoy full, ${name#portcullis full, }" ;; esac
-    [ -n "$envoy_name" ] && envoy="${rps[$envoy_name]:-}"
-    awk -v n="$name" -v r="${rps[$name]}" -v a="${p50[$name]}" -v b="${p99[$name]}" -v m="${rss[$name]}" \
-      -v plain="$plain" -v nginx="$nginx" -v envoy="$envoy" 'BEGIN {
-        printf "| %s | %.0f | %.0f µs | %.0f µs | %s | %.2f | %.2f | %s |\n", n, r, a, b,
-          (m == "" ? "" : m " MiB"), r / plain, r / nginx, (envoy == "" ? "" : sprintf("%.2fx", r / envoy)) }'
+    envoy=""
+    case "$name" in "portcullis full, "*) read -r envoy _ <<<"$(medians "$results" "envoy full, ${name#portcullis full, }")" ;; esac
+    awk -v n="$name" -v r="$r" -v a="$a" -v b="$b" -v m="${m:-}" -v plain="$plain" -v nginx="$nginx" -v envoy="$envoy" 'BEGIN {
+      printf "| %s | %.0f | %.0f µs | %.0f µs | %s | %.2f | %.2f | %s |\n", n, r, a, b,
+        (m == "" ? "" : sprintf("%.1f MiB", m)), r / plain, r / nginx, (envoy == "" ? "" : sprintf("%.2fx", r / envoy)) }'
   done
 }
 
@@ -525,20 +526,14 @@ table() {
 latency_table() {
   local results="$1"
   shift
-  local -A rps p50 p99
-  local config name
-  for config in "$@"; do
-    name="${config%%|*}"
-    rps[$name]="$(awk -F'|' -v n="$name" '$1 == n {print $2}' "$results" | median)"
-    p50[$name]="$(awk -F'|' -v n="$name" '$1 == n {print $3}' "$results" | median)"
-    p99[$name]="$(awk -F'|' -v n="$name" '$1 == n {print $4}' "$results" | median)"
-  done
-  local base50="${p50[upstream direct]}" base99="${p99[upstream direct]}"
+  local base50 base99 config name r a b
+  read -r _ base50 base99 _ <<<"$(medians "$results" "upstream direct")"
   echo "| configuration | requests/s | p50 | p99 | p50 added | p99 added |"
   echo "|---|---|---|---|---|---|"
   for config in "$@"; do
     name="${config%%|*}"
-    awk -v n="$name" -v r="${rps[$name]}" -v a="${p50[$name]}" -v b="${p99[$name]}" -v a0="$base50" -v b0="$base99" \
+    read -r r a b _ <<<"$(medians "$results" "$name")"
+    awk -v n="$name" -v r="$r" -v a="$a" -v b="$b" -v a0="$base50" -v b0="$base99" \
       'BEGIN { printf "| %s | %.0f | %.0f µs | %.0f µs | %.0f µs | %.0f µs |\n", n, r, a, b, a - a0, b - b0 }'
   done
 }

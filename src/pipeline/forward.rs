@@ -298,20 +298,26 @@ mod tests {
         req
     }
 
-    fn forward(req: &mut RequestHeader, peer: &str) {
-        let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
-        let host = HeaderValue::from_static("api.example.com:8080");
-        let name = HeaderName::from_static("x-request-id");
-        let id = HeaderValue::from_static("rid-1");
-        let fwd = Forwarding {
+    static HOST: HeaderValue = HeaderValue::from_static("api.example.com:8080");
+    static REQUEST_ID: (HeaderName, HeaderValue) =
+        (HeaderName::from_static("x-request-id"), HeaderValue::from_static("rid-1"));
+
+    /// What a plain-HTTP request from `peer` to `api.example.com:8080` is forwarded with.
+    fn forwarding(peer: &str) -> Forwarding<'static> {
+        Forwarding {
             peer: peer.parse().unwrap(),
             scheme: "http",
-            host: &host,
-            canonical_path: Some("/a/b"),
-            request_id: (&name, &id),
+            host: &HOST,
+            canonical_path: None,
+            request_id: (&REQUEST_ID.0, &REQUEST_ID.1),
             identity: None,
             strip_credentials: None,
-        };
+        }
+    }
+
+    fn forward(req: &mut RequestHeader, peer: &str) {
+        let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let fwd = Forwarding { canonical_path: Some("/a/b"), ..forwarding(peer) };
         prepare_upstream_request(req, &proxies, &fwd).unwrap();
     }
 
@@ -378,19 +384,7 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/a?x=\xff%20", None).unwrap();
         assert!(!req.raw_path_is_utf8());
         let proxies = TrustedProxies::new(vec![]);
-        let host = HeaderValue::from_static("api.example.com");
-        let name = HeaderName::from_static("x-request-id");
-        let id = HeaderValue::from_static("rid-1");
-        let fwd = Forwarding {
-            peer: "192.0.2.7".parse().unwrap(),
-            scheme: "http",
-            host: &host,
-            canonical_path: None,
-            request_id: (&name, &id),
-            identity: None,
-            strip_credentials: None,
-        };
-        prepare_upstream_request(&mut req, &proxies, &fwd).unwrap();
+        prepare_upstream_request(&mut req, &proxies, &forwarding("192.0.2.7")).unwrap();
         assert_eq!(req.raw_path(), b"/a?x=\xff%20");
         let mut wire = Vec::new();
         req.header_to_h1_wire(&mut wire);
@@ -402,18 +396,7 @@ mod tests {
         let key_header = [HeaderName::from_static("x-api-key")];
         let mut req = request(&[("Authorization", "Bearer a.b.c"), ("X-API-Key", "pcs_x"), ("Accept", "*/*")]);
         let proxies = TrustedProxies::new(vec![]);
-        let host = HeaderValue::from_static("api.example.com");
-        let name = HeaderName::from_static("x-request-id");
-        let id = HeaderValue::from_static("rid-1");
-        let mut fwd = Forwarding {
-            peer: "192.0.2.7".parse().unwrap(),
-            scheme: "https",
-            host: &host,
-            canonical_path: None,
-            request_id: (&name, &id),
-            identity: None,
-            strip_credentials: Some(&key_header),
-        };
+        let mut fwd = Forwarding { scheme: "https", strip_credentials: Some(&key_header), ..forwarding("192.0.2.7") };
         let mut kept = req.clone();
         prepare_upstream_request(&mut req, &proxies, &fwd).unwrap();
         assert_eq!(get(&req, "authorization"), None);
