@@ -163,8 +163,8 @@ fn rewrite_headers(
 ) -> Result<(), GatewayError> {
     let trusted = proxies.contains(fwd.peer);
     remove_connection_listed(headers);
-    // One pass over the names the client sent; the common request has nothing to remove and
-    // allocates nothing here.
+    // One pass over the names the client sent; a request with nothing to remove allocates
+    // nothing here.
     let strip = |name: &HeaderName| {
         is_reserved(name, trusted)
             || fwd
