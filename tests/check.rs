@@ -97,31 +97,18 @@ fn summary_shows_admin_logs_and_health_checks() {
     assert!(!audit.exists());
 }
 
-const PRODUCTION: &str = r#"
-[server]
-environment = "production"
-allowed_hosts = ["localhost"]
-
-[[listener]]
-address = "127.0.0.1:8080"
-
-[[upstream]]
-name = "api"
-targets = ["127.0.0.1:9000"]
-
-[[route]]
-name = "r"
-path = "/"
-upstream = "api"
-auth = "none"
-public = true
-"#;
+/// `BASE` in production, its open route declared public.
+fn production() -> String {
+    BASE.replace("[server]\n", "[server]\nenvironment = \"production\"\n")
+        .replace("auth = \"none\"\n", "auth = \"none\"\npublic = true\n")
+}
 
 /// Each unsafe setting is refused in production with its own message, and accepted in
 /// development.
 #[test]
 fn production_refuses_unsafe_settings_one_by_one() {
-    let (code, out, err) = check(PRODUCTION);
+    let production = production();
+    let (code, out, err) = check(&production);
     assert_eq!(code, 0, "the base is production-safe: {err}{out}");
     let dir = tempfile::tempdir().unwrap();
     let secret_file = |name: &str, text: &str, mode: u32| {
@@ -137,18 +124,18 @@ fn production_refuses_unsafe_settings_one_by_one() {
         format!("\n[[auth.jwt]]\nname = \"local\"\nissuer = \"local\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\nsecret = \"file:{path}\"\n")
     };
     let cases: Vec<(String, &str, &str)> = vec![
-        (PRODUCTION.replace("127.0.0.1:8080", "0.0.0.0:8080"), "listener[0].address", "plain HTTP off loopback"),
-        (format!("{PRODUCTION}\n[cors]\nallowed_origins = [\"*\"]\n"), "cors.allowed_origins", "every origin"),
-        (PRODUCTION.replace("public = true\n", ""), "route[0].public", "open route must be declared"),
+        (production.replace("127.0.0.1:8080", "0.0.0.0:8080"), "listener[0].address", "plain HTTP off loopback"),
+        (format!("{production}\n[cors]\nallowed_origins = [\"*\"]\n"), "cors.allowed_origins", "every origin"),
+        (production.replace("public = true\n", ""), "route[0].public", "open route must be declared"),
         (
-            format!("{PRODUCTION}\n[[auth.api_key]]\nid = \"k\"\nhash = \"sha256:{}\"\n", "a".repeat(64)),
+            format!("{production}\n[[auth.api_key]]\nid = \"k\"\nhash = \"sha256:{}\"\n", "a".repeat(64)),
             "auth.api_key[0].expires",
             "never expire",
         ),
-        (format!("{PRODUCTION}{}", jwt(&example)), "auth.jwt[0].secret", "well-known example value"),
-        (format!("{PRODUCTION}{}", jwt(&open)), "auth.jwt[0].secret", "readable by every user"),
+        (format!("{production}{}", jwt(&example)), "auth.jwt[0].secret", "well-known example value"),
+        (format!("{production}{}", jwt(&open)), "auth.jwt[0].secret", "readable by every user"),
         (
-            format!("{PRODUCTION}\n[admin]\naddress = \"0.0.0.0:9100\"\n"),
+            format!("{production}\n[admin]\naddress = \"0.0.0.0:9100\"\n"),
             "admin.address",
             "neither loopback nor a private",
         ),
@@ -163,7 +150,7 @@ fn production_refuses_unsafe_settings_one_by_one() {
         assert_eq!(code, 0, "{key} is fine in development: {err}");
     }
     // Private admin addresses are fine.
-    let (code, _, err) = check(&format!("{PRODUCTION}\n[admin]\naddress = \"10.0.0.5:9100\"\n"));
+    let (code, _, err) = check(&format!("{production}\n[admin]\naddress = \"10.0.0.5:9100\"\n"));
     assert_eq!(code, 0, "{err}");
 }
 
