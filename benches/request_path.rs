@@ -256,6 +256,7 @@ fn jwt_verifier(alg: jsonwebtoken::Algorithm, cached: bool) -> (portcullis::pipe
         subject_claim: "sub".into(),
         permissions_claim: "scope".into(),
         claims_to_headers: vec![("email".into(), HeaderName::from_static("x-auth-email"))],
+        required_typ: None,
     })
     .unwrap();
     (JwtVerifier { issuers: vec![issuer], cache: cached.then(|| TokenCache::new(10_000)) }, token)

@@ -288,7 +288,7 @@ pub fn explain(config: &Config, method: &str, url: &str) -> Result<(String, bool
         Err(e) => return refused(out, e),
     };
     let _ = writeln!(out, "host:        {} (allowed)", host.name.as_str());
-    let canonical = match path::normalize(req.uri.path()) {
+    let canonical = match path::normalize(req.uri.path()).and_then(|p| path::check_query(req.uri.query()).map(|()| p)) {
         Ok(p) => p,
         Err(e) => return refused(out, e),
     };

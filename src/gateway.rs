@@ -106,6 +106,7 @@ impl Gateway {
         let certificate = tls.and_then(|t| t.extension.get::<Arc<ClientCertificate>>()).cloned();
 
         let canonical = path::normalize(req.uri.path())?;
+        path::check_query(req.uri.query())?;
         let host_name = host.name.as_str();
         let route_for = |method: &Method| -> Result<RouteId, GatewayError> {
             let id = rt.routes.lookup(host_name, &canonical, method)?;

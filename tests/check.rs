@@ -48,19 +48,29 @@ fn check(text: &str) -> (i32, String, String) {
     run_cli(&["check", "-c", file.to_str().unwrap()], None)
 }
 
+/// Users run the gateway on `conf/` as a directory (every `*.toml` there is loaded), and copy
+/// from the annotated example: both must pass `check`, and so must each file on its own.
 #[test]
 fn every_shipped_config_passes_check() {
-    let mut checked = 0;
-    for entry in std::fs::read_dir(repo_root().join("conf")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let (code, out, err) = run_cli(&["check", "-c", path.to_str().unwrap()], None);
-            assert_eq!(code, 0, "{}: {err}", path.display());
-            assert!(out.starts_with("configuration OK"), "{out}");
-            checked += 1;
+    let root = repo_root();
+    let mut paths = vec![root.join("conf")];
+    for dir in ["conf", "examples"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                paths.push(path);
+            }
         }
     }
-    assert!(checked >= 2, "expected conf/gateway.toml and conf/gateway.example.toml");
+    for path in &paths {
+        let (code, out, err) = run_cli(&["check", "-c", path.to_str().unwrap()], None);
+        assert_eq!(code, 0, "{}: {err}", path.display());
+        assert!(out.starts_with("configuration OK"), "{out}");
+    }
+    let names: Vec<String> = paths.iter().map(|p| p.strip_prefix(&root).unwrap().display().to_string()).collect();
+    for expected in ["conf", "conf/gateway.toml", "examples/gateway.example.toml"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} was not checked: {names:?}");
+    }
 }
 
 #[test]
@@ -138,6 +148,21 @@ fn production_refuses_unsafe_settings_one_by_one() {
             format!("{production}\n[admin]\naddress = \"0.0.0.0:9100\"\n"),
             "admin.address",
             "neither loopback nor a private",
+        ),
+        (
+            production.replace("[server]\n", "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"0.0.0.0/0\"]\n"),
+            "server.trusted_proxies[1]",
+            "trusts every address",
+        ),
+        (
+            production.replace("[server]\n", "[server]\ntrusted_proxies = [\"::/0\"]\n"),
+            "server.trusted_proxies[0]",
+            "trusts every address",
+        ),
+        (
+            production.replace("targets = [\"127.0.0.1:9000\"]", "targets = [\"builtin:echo\"]"),
+            "upstream[0].targets",
+            "reflects every request",
         ),
     ];
     for (text, key, problem) in cases {

@@ -92,13 +92,67 @@ async fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
 async fn forwarding_headers_from_a_trusted_proxy_are_kept_and_appended() {
     let upstream = Upstream::start("api").await;
     let gw = Gateway::start(&config(upstream.addr, "\"127.0.0.0/8\"")).await;
-    let resp =
-        get(&gw, "X-Forwarded-For: 198.51.100.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: api.example.com\r\n")
-            .await;
+    let resp = get(
+        &gw,
+        "X-Forwarded-For: 198.51.100.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: LocalHost:443\r\nForwarded: for=198.51.100.7;proto=https;host=localhost\r\n",
+    )
+    .await;
     let seen = resp.json();
     assert_eq!(seen["headers"]["x-forwarded-for"], serde_json::json!(["198.51.100.7, 127.0.0.1"]));
     assert_eq!(seen["headers"]["x-forwarded-proto"], serde_json::json!(["https"]));
-    assert_eq!(seen["headers"]["x-forwarded-host"], serde_json::json!(["api.example.com"]));
+    assert_eq!(seen["headers"]["x-forwarded-host"], serde_json::json!(["LocalHost:443"]));
+    assert_eq!(seen["headers"]["forwarded"], serde_json::json!(["for=198.51.100.7;proto=https;host=localhost"]));
+}
+
+/// A front proxy that passes a client's own `X-Forwarded-Host` through would let the client pick
+/// the host backends build links and choose tenants from: a trusted proxy's forwarded host must
+/// name the host the request was routed on, and its scheme must be http or https.
+#[tokio::test]
+async fn a_trusted_proxys_forwarded_host_and_scheme_are_replaced_unless_they_check_out() {
+    let upstream = Upstream::start("api").await;
+    let gw = Gateway::start(&config(upstream.addr, "\"127.0.0.0/8\"")).await;
+    for (sent, header, expected) in [
+        ("X-Forwarded-Host: api.example.com\r\n", "x-forwarded-host", "localhost"),
+        ("X-Forwarded-Host: localhost, evil.example\r\n", "x-forwarded-host", "localhost"),
+        ("X-Forwarded-Host: localhost@evil.example\r\n", "x-forwarded-host", "localhost"),
+        ("X-Forwarded-Proto: javascript\r\n", "x-forwarded-proto", "http"),
+        ("X-Forwarded-Proto: https://evil.example\r\n", "x-forwarded-proto", "http"),
+        (
+            "Forwarded: for=198.51.100.7;host=evil.example\r\n",
+            "forwarded",
+            "for=127.0.0.1;host=\"localhost\";proto=http",
+        ),
+        ("Forwarded: proto=gopher\r\n", "forwarded", "for=127.0.0.1;host=\"localhost\";proto=http"),
+        ("Forwarded: host=\"evil.example,localhost\"\r\n", "forwarded", "for=127.0.0.1;host=\"localhost\";proto=http"),
+    ] {
+        let seen = get(&gw, sent).await.json();
+        assert_eq!(seen["headers"][header], serde_json::json!([expected]), "{sent}");
+    }
+    assert_eq!(upstream.hits(), 8);
+}
+
+#[tokio::test]
+async fn a_method_override_in_the_query_is_refused_on_every_route() {
+    let upstream = Upstream::start("api").await;
+    let gw = Gateway::start(&config(upstream.addr, "")).await;
+    for target in [
+        "/models/7?_method=DELETE",
+        "/x?a=1&%5Fmethod=PUT",
+        "/?_METHOD=DELETE",
+        "/x?.method=DELETE",
+        "/x?_method[]=DELETE",
+    ] {
+        let req =
+            format!("POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let resp = raw(gw.addr, req.as_bytes()).await;
+        common::assert_error(&resp, 400, "VALIDATION_ERROR");
+    }
+    assert_eq!(upstream.hits(), 0);
+    // Other parameters, and the name as a value, pass.
+    let resp = get(&gw, "").await;
+    assert_eq!(resp.status, 200);
+    let req = "GET /x?method=DELETE&q=_method HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw(gw.addr, req.as_bytes()).await.status, 200);
 }
 
 /// Pingora's own upstream request policy strips these too; the unit tests in

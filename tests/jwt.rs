@@ -629,3 +629,46 @@ async fn jwks_fetches_are_counted_by_result() {
     assert_eq!((count(&text, "updated"), count(&text, "failure"), count(&text, "unchanged")), (1, 1, 1), "{text}");
     assert_eq!(idp.fetches(), 3);
 }
+
+/// An ID token is signed by the same IdP with the same key as an access token: with
+/// `required_typ`, only tokens typed as access tokens (RFC 9068) pass.
+#[tokio::test]
+async fn an_id_token_is_not_an_access_token_when_the_issuer_requires_a_typ() {
+    let upstream = Upstream::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hmac.secret");
+    std::fs::write(&secret, HMAC_SECRET).unwrap();
+    let config = format!(
+        r#"
+[server]
+allowed_hosts = ["localhost"]
+
+[[upstream]]
+name = "api"
+targets = ["{addr}"]
+{ROUTES}
+[[auth.jwt]]
+name = "idp"
+issuer = "local"
+audiences = ["registry"]
+algorithms = ["HS256"]
+secret = "file:{secret}"
+required_typ = "at+jwt"
+"#,
+        addr = upstream.addr,
+        secret = secret.display(),
+    );
+    let gw = Gateway::start(&config).await;
+    let typed = |typ: Option<&str>| {
+        let mut header = Header::new(Algorithm::HS256);
+        header.typ = typ.map(str::to_string);
+        encode(&header, &claims("local", "registry"), &EncodingKey::from_secret(HMAC_SECRET.as_bytes())).unwrap()
+    };
+    for typ in ["at+jwt", "application/at+jwt", "AT+JWT"] {
+        assert_ok(&get(&gw, "/api/v1/models", &typed(Some(typ))).await);
+    }
+    for typ in [Some("JWT"), None, Some("id+jwt")] {
+        assert_401(&get(&gw, "/api/v1/models", &typed(typ)).await, INVALID_TOKEN);
+    }
+    assert_eq!(upstream.hits(), 3);
+}

@@ -83,6 +83,16 @@ async fn ambiguous_paths_are_refused_before_any_upstream() {
         "/admin%",
         "/admin%zz",
         "/admin\\",
+        // Double encoding: a backend or second hop that decodes again would see /../admin.
+        "/%252e%252e/admin",
+        "/x/%252E%252E/admin",
+        "/admin%252f",
+        // Windows file-system aliases of /admin (NTFS streams, 8.3 short names).
+        "/admin::$INDEX_ALLOCATION/x",
+        "/admin:$i30:$INDEX_ALLOCATION/x",
+        "/admin%3A%3A%24INDEX_ALLOCATION/x",
+        "/ADMIN~1/x",
+        "/adm%7E1",
     ] {
         let resp = get_with_host(gw.addr, sent, "localhost").await;
         assert_error(&resp, 400, "BAD_PATH");
@@ -95,7 +105,21 @@ async fn spellings_a_lenient_backend_would_take_for_admin_are_refused() {
     let (gw, admin, public) = setup().await;
     // Case-insensitive backends (Express, ASP.NET) and suffix-stripping ones (Rails formats, IIS
     // trailing dots) would serve these as /admin, while exact matching would send them to "/".
-    for sent in ["/ADMIN", "/Admin/users", "/%41DMIN", "/admin.json", "/admin.", "/admin%20", "/ADMIN.json"] {
+    // IIS and NTFS also drop trailing dots and spaces from inner segments: /admin./secret.aspx is
+    // served from /admin/.
+    for sent in [
+        "/ADMIN",
+        "/Admin/users",
+        "/%41DMIN",
+        "/admin.json",
+        "/admin.",
+        "/admin%20",
+        "/ADMIN.json",
+        "/admin./secret.aspx",
+        "/admin%20/x",
+        "/admin.../x",
+        "/Admin./x/y.json",
+    ] {
         let resp = get_with_host(gw.addr, sent, "localhost").await;
         assert_error(&resp, 400, "BAD_PATH");
     }
@@ -111,6 +135,9 @@ async fn routes_are_segment_aware_and_unrelated_spellings_pass() {
         ("/report.json", "/report.json", "public"),
         ("/admin/Users", "/admin/Users", "admin"),
         ("/admin/export.json", "/admin/export.json", "admin"),
+        ("/files.d/admin", "/files.d/admin", "public"),
+        ("/~alice/notes", "/~alice/notes", "public"),
+        ("/a%25/b", "/a%25/b", "public"),
     ] {
         let resp = get_with_host(gw.addr, sent, "localhost").await;
         assert_eq!(resp.status, 200, "{sent}");

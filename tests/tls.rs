@@ -182,6 +182,40 @@ async fn tls_1_2_and_1_3_connect_and_1_1_is_refused() {
     assert_eq!(upstream.hits(), 2);
 }
 
+/// Mozilla's intermediate profile allows X25519, P-256 and P-384 for key exchange and nothing
+/// else: a client offering only X448 or P-521 finds no common group.
+#[tokio::test]
+async fn only_the_mozilla_intermediate_groups_are_offered() {
+    use openssl::nid::Nid;
+    let upstream = Upstream::start("api").await;
+    let s = start(&upstream, &[("site", &["localhost"])], "", "").await;
+    let (addr, ca) = (s.gw.addr, ca_file(&s));
+    let client = move |version: SslVersion, groups: &str| {
+        let c = connector(&ca, |b| {
+            b.set_min_proto_version(Some(version)).unwrap();
+            b.set_max_proto_version(Some(version)).unwrap();
+            b.set_groups_list(groups).unwrap();
+        });
+        handshake(&c, addr, Some("localhost"))
+    };
+    let (tls13, tls12) = blocking(move || {
+        let tls13: Vec<(&str, bool)> = ["X25519", "P-256", "P-384", "X448", "P-521"]
+            .into_iter()
+            .map(|group| (group, client(SslVersion::TLS1_3, group).is_ok()))
+            .collect();
+        // TLS 1.2 also reads the client's groups as the curves its ECDSA certificate may be on
+        // (P-256 here): a client preferring X448 and P-521 gets P-256 for the key exchange.
+        let only_excluded = client(SslVersion::TLS1_2, "X448:P-521").is_ok();
+        let preferring_excluded = client(SslVersion::TLS1_2, "X448:P-521:P-256").unwrap();
+        let key = preferring_excluded.ssl().peer_tmp_key().unwrap();
+        let curve = key.ec_key().ok().and_then(|k| k.group().curve_name());
+        (tls13, (only_excluded, curve))
+    })
+    .await;
+    assert_eq!(tls13, [("X25519", true), ("P-256", true), ("P-384", true), ("X448", false), ("P-521", false)]);
+    assert_eq!(tls12, (false, Some(Nid::X9_62_PRIME256V1)));
+}
+
 #[tokio::test]
 async fn min_version_1_3_refuses_tls_1_2() {
     let upstream = Upstream::start("api").await;

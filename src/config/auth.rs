@@ -169,6 +169,17 @@ fn build_jwt(section: &AuthSection, p: &mut Problems<'_>) -> JwtVerifier {
             }
         };
         let claims_to_headers = build_claim_headers(j, &key("claims_to_headers"), p);
+        let required_typ = match j.required_typ.as_deref() {
+            Some(typ) if typ.is_empty() || !typ.bytes().all(|b| b.is_ascii_graphic() && b != b'"') => {
+                p.push(
+                    &key("required_typ"),
+                    format!("{typ:?} is not a JOSE typ value"),
+                    "write the type your IdP's access tokens carry, e.g. \"at+jwt\" (RFC 9068)",
+                );
+                None
+            }
+            typ => typ.map(str::to_string),
+        };
         let Some(keys) = build_key_source(j, &name, &algorithms, &key, p) else { continue };
         let settings = IssuerSettings {
             name,
@@ -181,6 +192,7 @@ fn build_jwt(section: &AuthSection, p: &mut Problems<'_>) -> JwtVerifier {
             subject_claim: j.subject_claim.clone().unwrap_or_else(|| DEFAULT_SUBJECT_CLAIM.into()),
             permissions_claim: j.permissions_claim.clone().unwrap_or_else(|| DEFAULT_PERMISSIONS_CLAIM.into()),
             claims_to_headers,
+            required_typ,
         };
         match Issuer::new(settings) {
             Ok(issuer) => issuers.push(issuer),

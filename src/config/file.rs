@@ -276,6 +276,8 @@ pub struct JwtSection {
     pub jwks_min_refresh_interval: Option<String>,
     /// How long a `jwks_url` fetch may take.
     pub jwks_fetch_timeout: Option<String>,
+    /// The `typ` header tokens must carry (`"at+jwt"`, RFC 9068), when set.
+    pub required_typ: Option<String>,
 }
 
 /// `[[route]]`.

@@ -11,6 +11,8 @@
 //! | the admin listener on an address that is neither loopback nor private | `admin.address` |
 //! | a secret file (TLS key, HS* secret) readable by other users | the key naming it |
 //! | a configuration file, or its directory, writable by other users | the file |
+//! | `trusted_proxies` holding `0.0.0.0/0` or `::/0` (every client would choose its own address) | `server.trusted_proxies[i]` |
+//! | a `builtin:echo` upstream (it reflects the request, cookies and credentials included) | `upstream[i].targets` |
 //!
 //! Inline secrets are refused in every environment (keys and secrets come only through `env:`
 //! or `file:`), so a configuration file readable by others holds none; the files the secrets
@@ -76,6 +78,24 @@ pub(super) fn check(
                 "cors.allowed_origins",
                 "allows the \"null\" origin in production, which any sandboxed page can send",
                 "list the origins of your web apps instead",
+            );
+        }
+    }
+    for (i, entry) in file.server.trusted_proxies.iter().flatten().enumerate() {
+        if entry.parse::<ipnet::IpNet>().is_ok_and(|net| net.prefix_len() == 0) {
+            p.push(
+                &format!("server.trusted_proxies[{i}]"),
+                format!("\"{entry}\" trusts every address: each client could choose its own address for every limit and log"),
+                "list only your load balancers' addresses or networks, e.g. \"10.0.0.0/8\"",
+            );
+        }
+    }
+    for (i, u) in file.upstream.iter().enumerate() {
+        if u.targets.iter().flatten().any(|t| t == super::runtime::ECHO_TARGET) {
+            p.push(
+                &format!("upstream[{i}].targets"),
+                "is builtin:echo in production: it reflects every request, cookies and credentials included, back to its sender",
+                "point the upstream at your API's addresses",
             );
         }
     }

@@ -11,8 +11,13 @@
 //! - headers that make backends act on another method or path (`X-HTTP-Method-Override`,
 //!   `X-Original-URL`, ...) are removed: the route's rules were checked for this method and path;
 //! - `X-Forwarded-For` gets the peer appended; what the client sent before it is kept only when
-//!   the peer is a trusted proxy, and so are `X-Forwarded-Proto`, `X-Forwarded-Host` and
-//!   `Forwarded` (dropped otherwise);
+//!   the peer is a trusted proxy. So are `X-Forwarded-Proto`, `X-Forwarded-Host` and
+//!   `Forwarded`, and only when they check out: front proxies commonly pass a client's own
+//!   `X-Forwarded-Host` through, and backends build password-reset links and pick tenants from
+//!   it. A forwarded host must be an authority naming the host the request was routed on (so
+//!   it is also allowed), a forwarded scheme `http` or `https`, and `Forwarded` must read as
+//!   RFC 7239 says with such `host` and `proto` values; otherwise the gateway writes its own
+//!   value (from an untrusted peer: its own `X-Forwarded-*`, and no `Forwarded`);
 //! - `Host` is the validated host, the request-target is origin-form with the canonical path,
 //!   and the request id is set;
 //! - the verified identity is set as `X-Auth-*` headers, and the credential itself
@@ -27,6 +32,7 @@ use pingora::http::RequestHeader;
 use crate::error::GatewayError;
 use crate::pipeline::auth::Identity;
 use crate::pipeline::client::{canonical, TrustedProxies};
+use crate::pipeline::host::parse_authority;
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -69,6 +75,7 @@ const PROXY_ASSERTIONS: [&str; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 const X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
 const X_AUTH_KEY_ID: HeaderName = HeaderName::from_static("x-auth-key-id");
@@ -205,11 +212,17 @@ fn rewrite_headers(
         _ => peer,
     };
     headers.insert(X_FORWARDED_FOR, xff);
-    if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+    // What a trusted proxy says about the original request is kept only when it checks out.
+    let routed = || parse_authority(fwd.host.as_bytes());
+    let agrees = |authority: &[u8]| matches!((parse_authority(authority), routed()), (Some(a), Some(r)) if a.as_str() == r.as_str());
+    if !trusted || !entries_all(headers, &X_FORWARDED_PROTO, is_forwarded_scheme) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.scheme));
     }
-    if !trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+    if !trusted || !entries_all(headers, &X_FORWARDED_HOST, agrees) {
         headers.insert(X_FORWARDED_HOST, fwd.host.clone());
+    }
+    if trusted && headers.contains_key(&FORWARDED) && !forwarded_is_sound(headers, agrees) {
+        headers.insert(FORWARDED, own_forwarded(fwd.peer, fwd.host, fwd.scheme)?);
     }
     headers.insert(HOST, fwd.host.clone());
     headers.insert(fwd.request_id.0.clone(), fwd.request_id.1.clone());
@@ -242,6 +255,65 @@ fn address_value(ip: IpAddr) -> Option<HeaderValue> {
         len += 1;
     }
     HeaderValue::from_bytes(&text[..len]).ok()
+}
+
+/// Whether `name` is present and every comma-separated entry of every line passes `valid`.
+fn entries_all(headers: &HeaderMap, name: &HeaderName, valid: impl Fn(&[u8]) -> bool) -> bool {
+    let mut lines = headers.get_all(name).iter().peekable();
+    lines.peek().is_some()
+        && lines.all(|line| line.as_bytes().split(|&b| b == b',').all(|entry| valid(entry.trim_ascii())))
+}
+
+/// `http` or `https`, in any case: what a backend may put in front of `://`.
+fn is_forwarded_scheme(scheme: &[u8]) -> bool {
+    scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")
+}
+
+/// Whether every line of `Forwarded` reads as RFC 7239 (`element *( "," element )`, an element
+/// `pair *( ";" pair )`, a pair `token "=" ( token / quoted-string )`) with every `host` naming
+/// the routed host (`agrees`) and every `proto` `http` or `https`. Quoted strings holding
+/// another quote, an escape, `,` or `;` are refused rather than interpreted: parsers differ on
+/// them, and no proxy needs them for these parameters.
+fn forwarded_is_sound(headers: &HeaderMap, agrees: impl Fn(&[u8]) -> bool) -> bool {
+    let pair_is_sound = |pair: &[u8]| {
+        let Some(eq) = pair.iter().position(|&b| b == b'=') else { return false };
+        let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+        let value = match value {
+            [b'"', inner @ .., b'"'] if !inner.contains(&b'"') && !inner.contains(&b'\\') => inner,
+            token if !token.is_empty() && token.iter().all(|&b| is_token_byte(b)) => token,
+            _ => return false,
+        };
+        if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+            return false;
+        }
+        if name.eq_ignore_ascii_case(b"host") {
+            agrees(value)
+        } else if name.eq_ignore_ascii_case(b"proto") {
+            is_forwarded_scheme(value)
+        } else {
+            true
+        }
+    };
+    headers.get_all(&FORWARDED).iter().all(|line| {
+        line.as_bytes()
+            .split(|&b| b == b',')
+            .all(|element| element.split(|&b| b == b';').all(|pair| pair_is_sound(pair.trim_ascii())))
+    })
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The gateway's own `Forwarded` element, in place of a trusted proxy's that did not check out.
+fn own_forwarded(peer: IpAddr, host: &HeaderValue, scheme: &str) -> Result<HeaderValue, GatewayError> {
+    let peer = match canonical(peer) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let host = String::from_utf8_lossy(host.as_bytes());
+    HeaderValue::from_str(&format!("for={peer};host=\"{host}\";proto={scheme}")).map_err(|_| GatewayError::Internal)
 }
 
 /// All values of a header joined with ", ", or `None` when absent.
@@ -427,10 +499,75 @@ mod tests {
 
     #[test]
     fn trusted_peer_forwarding_headers_are_kept_and_appended() {
-        let mut req =
-            request(&[("X-Forwarded-For", "1.2.3.4"), ("X-Forwarded-For", "5.6.7.8"), ("X-Forwarded-Proto", "https")]);
+        let mut req = request(&[
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("X-Forwarded-For", "5.6.7.8"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "API.example.com."),
+            (
+                "Forwarded",
+                "for=1.2.3.4;proto=https;host=api.example.com, for=\"[2001:db8::1]:443\";host=\"api.example.com:443\"",
+            ),
+        ]);
         forward(&mut req, "10.1.2.3");
         assert_eq!(get(&req, "x-forwarded-for"), Some("1.2.3.4, 5.6.7.8, 10.1.2.3"));
         assert_eq!(get(&req, "x-forwarded-proto"), Some("https"));
+        assert_eq!(get(&req, "x-forwarded-host"), Some("API.example.com."));
+        assert_eq!(
+            get(&req, "forwarded"),
+            Some(
+                "for=1.2.3.4;proto=https;host=api.example.com, for=\"[2001:db8::1]:443\";host=\"api.example.com:443\""
+            )
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxys_forwarded_host_and_scheme_must_check_out() {
+        let own = "for=10.1.2.3;host=\"api.example.com:8080\";proto=http";
+        for (name, value, replaced_by) in [
+            ("X-Forwarded-Host", "evil.com", "api.example.com:8080"),
+            ("X-Forwarded-Host", "api.example.com, evil.com", "api.example.com:8080"),
+            ("X-Forwarded-Host", "api.example.com@evil.com", "api.example.com:8080"),
+            ("X-Forwarded-Host", "api.example.com/evil", "api.example.com:8080"),
+            ("X-Forwarded-Host", "", "api.example.com:8080"),
+            ("X-Forwarded-Host", "api.example.com.evil.net", "api.example.com:8080"),
+            ("X-Forwarded-Proto", "javascript", "http"),
+            ("X-Forwarded-Proto", "https://evil.com", "http"),
+            ("X-Forwarded-Proto", "https, ftp", "http"),
+            ("Forwarded", "host=evil.com", own),
+            ("Forwarded", "for=1.2.3.4;host=api.example.com, host=evil.com", own),
+            ("Forwarded", "proto=gopher", own),
+            ("Forwarded", "host=\"evil.com,api.example.com\"", own),
+            ("Forwarded", "host=\"api.example.com\\\"\"", own),
+            ("Forwarded", "for", own),
+            ("Forwarded", "for=1.2.3.4;;", own),
+            ("Forwarded", "=x", own),
+        ] {
+            let mut req = request(&[(name, value)]);
+            forward(&mut req, "10.1.2.3");
+            assert_eq!(get(&req, &name.to_ascii_lowercase()), Some(replaced_by), "{name}: {value}");
+        }
+        for (name, value) in [
+            ("X-Forwarded-Proto", "HTTPS"),
+            ("X-Forwarded-Proto", "https, http"),
+            ("Forwarded", "for=_hidden;by=unknown;secret=x"),
+        ] {
+            let mut req = request(&[(name, value)]);
+            forward(&mut req, "10.1.2.3");
+            assert_eq!(get(&req, &name.to_ascii_lowercase()), Some(value), "{name}: {value}");
+        }
+    }
+
+    #[test]
+    fn the_own_forwarded_element_quotes_ipv6_and_the_host() {
+        let host = HeaderValue::from_static("[::1]:8443");
+        assert_eq!(
+            own_forwarded("2001:db8::7".parse().unwrap(), &host, "https").unwrap(),
+            "for=\"[2001:db8::7]\";host=\"[::1]:8443\";proto=https"
+        );
+        assert_eq!(
+            own_forwarded("::ffff:10.0.0.1".parse().unwrap(), &host, "http").unwrap(),
+            "for=10.0.0.1;host=\"[::1]:8443\";proto=http"
+        );
     }
 }

@@ -10,7 +10,13 @@
 //! - what backends disagree about is refused with 400 `BAD_PATH`: an encoded `/` or `\` (one
 //!   server splits on it, another does not), `\` itself, `;` raw or encoded (Tomcat/Spring strip
 //!   `;params` from a segment, so `/admin;x` and `/..;/admin` would reach `/admin` behind a rule
-//!   that saw another path), NUL and control characters, and malformed escapes.
+//!   that saw another path), NUL and control characters, and malformed escapes;
+//! - so is what a second decoding would turn into something else: `%25` followed by two hex
+//!   digits (`/%252e%252e/admin` is `/%2e%2e/admin` to a backend that decodes again, and
+//!   `/../admin` to one that decodes twice);
+//! - and what Windows file systems resolve to another name: a segment holding `:$` (NTFS streams,
+//!   `/admin::$INDEX_ALLOCATION` is the directory `/admin`) or an 8.3 short name (`~` and a
+//!   digit: `/ADMINI~1` is `/administrator` on IIS).
 //!
 //! The common case, an already-canonical path, is recognised in one scan and borrowed as is.
 
@@ -24,11 +30,86 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, GatewayError> {
     if bytes.first() != Some(&b'/') {
         return Err(GatewayError::BadPath("the path must start with /"));
     }
-    if is_canonical(bytes) {
-        return Ok(Cow::Borrowed(raw));
+    let canonical =
+        if is_canonical(bytes) { Cow::Borrowed(raw) } else { Cow::Owned(resolve_segments(&decode(bytes)?)) };
+    refuse_file_system_aliases(canonical.as_bytes())?;
+    Ok(canonical)
+}
+
+/// Refuses a `_method` parameter in the query: Laravel, Symfony and other frameworks with
+/// method override on serve `POST /models/7?_method=DELETE` as a DELETE, which the route's rules
+/// were not checked for. The name is compared as PHP reads it: percent-decoded, `+` as a
+/// space, leading spaces dropped, `.`, ` ` and `[` as `_`, in any case; `_method[]` too.
+pub fn check_query(query: Option<&str>) -> Result<(), GatewayError> {
+    let Some(query) = query else { return Ok(()) };
+    for param in query.split(['&', ';']) {
+        let name = param.split_once('=').map_or(param, |(name, _)| name);
+        if name.len() >= 7 && is_method_override(name.as_bytes()) {
+            return Err(GatewayError::BadRequest("a _method parameter (method override) is not allowed in the query"));
+        }
     }
-    let decoded = decode(bytes)?;
-    Ok(Cow::Owned(resolve_segments(&decoded)))
+    Ok(())
+}
+
+/// Whether a raw query parameter name reads as `_method` to a framework.
+fn is_method_override(raw: &[u8]) -> bool {
+    const NAME: &[u8] = b"_method";
+    let mut name = [0u8; 8];
+    let mut len = 0;
+    let mut i = 0;
+    while i < raw.len() {
+        let mut b = raw[i];
+        i += 1;
+        if b == b'%' {
+            let value = raw
+                .get(i..i + 2)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(value) = value {
+                b = value;
+                i += 2;
+            }
+        }
+        let b = match b {
+            b'+' | b' ' if len == 0 => continue,
+            b'+' | b' ' | b'.' | b'[' => b'_',
+            other => other.to_ascii_lowercase(),
+        };
+        if len == NAME.len() {
+            // `_method[]` and `_method[x]` are `_method` to PHP.
+            return name[..len] == *NAME && b == b'_';
+        }
+        name[len] = b;
+        len += 1;
+    }
+    name[..len] == *NAME
+}
+
+/// Refuses the spellings Windows servers (IIS, and anything serving files from NTFS) resolve
+/// to another name than the one routes compare: an alternate data stream (`:$`, such as
+/// `::$DATA` and `:$i30:$INDEX_ALLOCATION`, with `:` and `$` raw or encoded) and an 8.3 short
+/// name (`~` and a digit, such as `ADMINI~1`).
+fn refuse_file_system_aliases(path: &[u8]) -> Result<(), GatewayError> {
+    let encoded = |at: usize, escape: &[u8; 3]| path.get(at..at + 3).is_some_and(|e| e == escape);
+    for (i, &b) in path.iter().enumerate() {
+        match b {
+            b'~' if path.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                return Err(GatewayError::BadPath("8.3 short name in path"));
+            }
+            b':' | b'%' => {
+                let after = match b {
+                    b':' => i + 1,
+                    _ if encoded(i, b"%3A") => i + 3,
+                    _ => continue,
+                };
+                if path.get(after) == Some(&b'$') || encoded(after, b"%24") {
+                    return Err(GatewayError::BadPath("file system stream name in path"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Whether `path` needs no rewriting: printable ASCII without `%`, `\`, `;`, empty segments or
@@ -72,6 +153,10 @@ fn decode(path: &[u8]) -> Result<String, GatewayError> {
                     .filter(|_| hex.iter().all(u8::is_ascii_hexdigit))
                     .ok_or(GatewayError::BadPath("malformed percent-encoding"))?;
                 match value {
+                    // `%25` then two hex digits is an escape once decoded again.
+                    b'%' if path.get(i + 3..i + 5).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) => {
+                        return Err(GatewayError::BadPath("double-encoded percent sign in path"))
+                    }
                     b'/' => return Err(GatewayError::BadPath("encoded slash in path")),
                     b'\\' => return Err(GatewayError::BadPath("encoded backslash in path")),
                     b';' => return Err(GatewayError::BadPath("semicolon in path")),
@@ -134,6 +219,33 @@ fn resolve_segments(path: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn method_overrides_in_the_query_are_refused_in_every_spelling() {
+        for query in [
+            "_method=DELETE",
+            "a=1&_method=PUT",
+            "_METHOD=DELETE",
+            "%5Fmethod=DELETE",
+            "%5f%6d%65%74%68%6f%64=DELETE",
+            ".method=DELETE",
+            "+_method=DELETE",
+            "%20_method=DELETE",
+            "  .method=DELETE",
+            "[method=DELETE",
+            "_method[]=DELETE",
+            "_method",
+            "x=1;_method=DELETE",
+        ] {
+            assert!(matches!(check_query(Some(query)), Err(GatewayError::BadRequest(_))), "{query:?}");
+        }
+        for query in
+            ["method=DELETE", "_methods=1", "my_method=x", "x=_method", "_metho=1", "__method=1", " method=1", ""]
+        {
+            assert_eq!(check_query(Some(query)), Ok(()), "{query:?}");
+        }
+        assert_eq!(check_query(None), Ok(()));
+    }
+
     fn norm(p: &str) -> Result<String, GatewayError> {
         normalize(p).map(Cow::into_owned)
     }
@@ -162,6 +274,10 @@ mod tests {
             ("/caf%c3%a9", "/caf%C3%A9"),
             ("/a%20b", "/a%20b"),
             ("/.", "/"),
+            ("/a%25", "/a%25"),
+            ("/a%25zz", "/a%25zz"),
+            ("/~alice/x~", "/~alice/x~"),
+            ("/a:b/$c", "/a:b/$c"),
         ];
         for (raw, want) in cases {
             assert_eq!(norm(raw).as_deref(), Ok(want), "{raw}");
@@ -189,6 +305,16 @@ mod tests {
             "",
             "*",
             "/caf\u{e9}",
+            "/%252e%252e/admin",
+            "/a%2525",
+            "/a%252F",
+            "/admin::$INDEX_ALLOCATION/x",
+            "/admin:$i30:$INDEX_ALLOCATION/x",
+            "/secret.txt::$DATA",
+            "/a%3A%3A%24DATA",
+            "/a:%24DATA",
+            "/ADMINI~1/x",
+            "/x/PROGRA%7E1",
         ] {
             assert!(matches!(norm(raw), Err(GatewayError::BadPath(_))), "{raw:?} should be refused");
         }

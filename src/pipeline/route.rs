@@ -104,8 +104,12 @@ impl RouteTable {
     }
 
     /// Refuses a path that a case-insensitive or suffix-stripping backend would take for a more
-    /// specific route than `matched` (e.g. `/ADMIN` or `/admin.json` matched `/` while `/admin`
-    /// exists).
+    /// specific route than `matched` (e.g. `/ADMIN`, `/admin.json` or `/admin./x` matched `/`
+    /// while `/admin` exists).
+    ///
+    /// The suffix rule cuts every segment at its first `.` or `%`, not only the last one: IIS
+    /// and NTFS drop trailing dots and spaces from inner segments too (`/admin./secret.aspx` and
+    /// `/admin%20/x` are served from `/admin/`).
     pub fn check_unambiguous(&self, host: &str, path: &str, matched: RouteId) -> Result<(), GatewayError> {
         let matched_len = self.routes[matched].path.len();
         if matched_len >= self.longest_path {
@@ -116,10 +120,10 @@ impl RouteTable {
         } else {
             Cow::Borrowed(path)
         };
-        let last_segment = folded.rfind('/').map_or(0, |i| i + 1);
-        let stripped = folded[last_segment..].find(['.', '%']).map(|cut| &folded[..last_segment + cut]);
         let ambiguous = |candidate: &str| self.longest_prefix_len(&self.by_folded_path, host, candidate) > matched_len;
-        if (matches!(folded, Cow::Owned(_)) && ambiguous(&folded)) || stripped.is_some_and(ambiguous) {
+        if (matches!(folded, Cow::Owned(_)) && ambiguous(&folded))
+            || cut_segments(&folded).is_some_and(|c| ambiguous(&c))
+        {
             return Err(GatewayError::BadPath(
                 "the path differs from a more specific route only by letter case or suffix",
             ));
@@ -184,6 +188,22 @@ impl RouteTable {
         }
         HeaderValue::from_str(&methods.join(", ")).unwrap_or(HeaderValue::from_static(""))
     }
+}
+
+/// `path` with every segment cut at its first `.` or `%` (`/admin./x.json` → `/admin/x`), or
+/// `None` when no segment has either.
+fn cut_segments(path: &str) -> Option<String> {
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segment.find(['.', '%']).map_or(segment, |cut| &segment[..cut]));
+    }
+    Some(out)
 }
 
 /// The prefixes of a canonical path at segment boundaries, longest first:
@@ -282,9 +302,19 @@ mod tests {
             let id = t.lookup("h", path, &Method::GET).unwrap();
             t.check_unambiguous("h", path, id)
         };
-        for path in
-            ["/ADMIN", "/Admin/users", "/admin.json", "/admin.", "/admin%20", "/API/v1/models", "/api/v1/models.xml"]
-        {
+        for path in [
+            "/ADMIN",
+            "/Admin/users",
+            "/admin.json",
+            "/admin.",
+            "/admin%20",
+            "/API/v1/models",
+            "/api/v1/models.xml",
+            "/admin./secret.aspx",
+            "/admin%20/x",
+            "/ADMIN./x",
+            "/api/v1/models./7",
+        ] {
             assert!(matches!(check(path), Err(GatewayError::BadPath(_))), "{path}");
         }
         for path in [
@@ -295,6 +325,8 @@ mod tests {
             "/files.json",
             "/api/v1/models/7.json",
             "/adminx",
+            "/files.d/admin",
+            "/caf%C3%A9/x",
         ] {
             assert_eq!(check(path), Ok(()), "{path}");
         }
@@ -305,6 +337,14 @@ mod tests {
         assert_eq!(prefixes("/a/b/c/").collect::<Vec<_>>(), ["/a/b/c", "/a/b", "/a", "/"]);
         assert_eq!(prefixes("/").collect::<Vec<_>>(), ["/"]);
         assert_eq!(prefixes("/a").collect::<Vec<_>>(), ["/a", "/"]);
+    }
+
+    #[test]
+    fn segments_are_cut_at_their_first_dot_or_escape() {
+        assert_eq!(cut_segments("/admin./x.json").as_deref(), Some("/admin/x"));
+        assert_eq!(cut_segments("/a%20/b/").as_deref(), Some("/a/b/"));
+        assert_eq!(cut_segments("/.hidden/x").as_deref(), Some("//x"));
+        assert_eq!(cut_segments("/plain/path"), None);
     }
 
     #[test]

@@ -148,6 +148,8 @@ pub struct Issuer {
     pub permissions_claim: Box<str>,
     /// Claims copied into `X-Auth-*` headers.
     pub claims_to_headers: Vec<(Box<str>, HeaderName)>,
+    /// The `typ` a token must carry, lower case, without `application/`.
+    pub required_typ: Option<Box<str>>,
     /// One validation per key family the allow-list uses: `jsonwebtoken` refuses a validation
     /// whose algorithms span families, which is also what stops HS/RS key confusion.
     validations: [Option<Validation>; 4],
@@ -175,6 +177,8 @@ pub struct IssuerSettings {
     pub permissions_claim: String,
     /// Claims copied into `X-Auth-*` headers.
     pub claims_to_headers: Vec<(String, HeaderName)>,
+    /// The `typ` header a token must carry (e.g. `at+jwt`), when set.
+    pub required_typ: Option<String>,
 }
 
 impl Issuer {
@@ -212,6 +216,7 @@ impl Issuer {
             subject_claim: s.subject_claim.into(),
             permissions_claim: s.permissions_claim.into(),
             claims_to_headers: s.claims_to_headers.into_iter().map(|(c, h)| (c.into(), h)).collect(),
+            required_typ: s.required_typ.map(|t| media_subtype(&t).to_ascii_lowercase().into()),
             validations,
         })
     }
@@ -323,6 +328,14 @@ impl JwtVerifier {
         if !issuer.algorithms.contains(&header.alg) {
             return Err(AuthFailure::AlgorithmNotAllowed.into());
         }
+        if let Some(required) = &issuer.required_typ {
+            // An ID token (typ JWT, or none) is not an access token (RFC 9068 §4): refused
+            // before any signature work.
+            let typ = header.typ.as_deref().map(media_subtype);
+            if !typ.is_some_and(|t| t.eq_ignore_ascii_case(required)) {
+                return Err(AuthFailure::WrongTokenType.into());
+            }
+        }
         let keys = issuer.keys.current();
         let key = match keys.select(header.kid.as_deref(), header.alg) {
             Ok(key) => key,
@@ -365,6 +378,14 @@ impl JwtVerifier {
             jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| AuthFailure::MalformedToken)?;
         let iss = claims.iss.ok_or(AuthFailure::UnknownIssuer)?;
         self.issuers.iter().position(|i| *i.issuer == *iss).ok_or(AuthFailure::UnknownIssuer)
+    }
+}
+
+/// A `typ` as RFC 7515 §4.1.9 compares it: `application/at+jwt` and `at+jwt` are the same type.
+fn media_subtype(typ: &str) -> &str {
+    match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+        _ => typ,
     }
 }
 
@@ -480,6 +501,7 @@ mod tests {
             subject_claim: "sub".into(),
             permissions_claim: "scope".into(),
             claims_to_headers: vec![("email".into(), HeaderName::from_static("x-auth-email"))],
+            required_typ: None,
         })
         .unwrap();
         JwtVerifier { issuers: vec![issuer], cache: cache.then(|| TokenCache::new(100)) }
@@ -607,6 +629,7 @@ mod tests {
             subject_claim: "sub".into(),
             permissions_claim: "scope".into(),
             claims_to_headers: vec![],
+            required_typ: None,
         })
         .unwrap()
     }
@@ -660,6 +683,24 @@ mod tests {
         assert_eq!(claim_header_value(&json!({"a": 1})), None);
         assert_eq!(claim_header_value(&json!(42)), Some(HeaderValue::from_static("42")));
         assert_eq!(claim_header_value(&json!("x\ny")), None);
+    }
+
+    #[test]
+    fn a_required_typ_refuses_id_tokens() {
+        let mut v = verifier(false);
+        v.issuers[0].required_typ = Some("at+jwt".into());
+        let with_typ = |typ: Option<&str>| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.typ = typ.map(str::to_string);
+            encode(&header, &base(), &EncodingKey::from_secret(SECRET)).unwrap()
+        };
+        for typ in [Some("at+jwt"), Some("AT+JWT"), Some("application/at+jwt")] {
+            assert!(v.verify(with_typ(typ).as_bytes(), now()).is_ok(), "{typ:?}");
+        }
+        for typ in [Some("JWT"), None, Some("at+jwt2"), Some("application/jwt"), Some("")] {
+            assert_eq!(failure(&v, &with_typ(typ)), AuthFailure::WrongTokenType, "{typ:?}");
+        }
+        assert_eq!(media_subtype("Application/AT+JWT"), "AT+JWT");
     }
 
     #[test]

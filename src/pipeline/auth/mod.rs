@@ -61,6 +61,8 @@ pub enum AuthFailure {
     NotYetValid,
     /// The JWT is for another audience.
     WrongAudience,
+    /// The JWT's `typ` is not the issuer's `required_typ` (an ID token used as an access token).
+    WrongTokenType,
     /// A required claim is missing or malformed (`exp`, `aud`, `iss`, the subject).
     InvalidClaims,
     /// The issuer's JWKS has not been fetched yet.
@@ -85,6 +87,7 @@ impl AuthFailure {
             AuthFailure::BadSignature => "bad_signature",
             AuthFailure::NotYetValid => "not_yet_valid",
             AuthFailure::WrongAudience => "wrong_audience",
+            AuthFailure::WrongTokenType => "wrong_token_type",
             AuthFailure::InvalidClaims => "invalid_claims",
             AuthFailure::KeysUnavailable => "keys_unavailable",
         }
