@@ -51,6 +51,9 @@ pub enum GatewayError {
         /// The first required permission not granted.
         missing: Box<str>,
     },
+    /// 403 `PERMISSION_DENIED`: the route's `credentials` do not include the caller's kind (an
+    /// API key, a token of another issuer, a client certificate).
+    CredentialNotAccepted,
     /// 403 `CORS_REJECTED`: a preflight for an origin, method or header `[cors]` does not allow.
     CorsRejected(CorsRejection),
     /// 404 `ROUTE_NOT_FOUND`.
@@ -93,7 +96,9 @@ impl GatewayError {
             }
             GatewayError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::AuthenticationFailed(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::PermissionDenied { .. } | GatewayError::CorsRejected(_) => StatusCode::FORBIDDEN,
+            GatewayError::PermissionDenied { .. }
+            | GatewayError::CredentialNotAccepted
+            | GatewayError::CorsRejected(_) => StatusCode::FORBIDDEN,
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -111,7 +116,7 @@ impl GatewayError {
             GatewayError::BadPath(_) => "BAD_PATH",
             GatewayError::HostNotAllowed => "HOST_NOT_ALLOWED",
             GatewayError::AuthenticationFailed(_) => "AUTHENTICATION_FAILED",
-            GatewayError::PermissionDenied { .. } => "PERMISSION_DENIED",
+            GatewayError::PermissionDenied { .. } | GatewayError::CredentialNotAccepted => "PERMISSION_DENIED",
             GatewayError::CorsRejected(_) => "CORS_REJECTED",
             GatewayError::RouteNotFound => "ROUTE_NOT_FOUND",
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
@@ -130,6 +135,7 @@ impl GatewayError {
             GatewayError::HostNotAllowed => "this host is not served here",
             GatewayError::AuthenticationFailed(_) => "missing or invalid credentials",
             GatewayError::PermissionDenied { .. } => "the credentials lack a permission this route requires",
+            GatewayError::CredentialNotAccepted => "this route does not accept this kind of credential",
             GatewayError::CorsRejected(_) => "this cross-origin request is not allowed",
             GatewayError::RouteNotFound => "no route matches this path",
             GatewayError::RateLimited { .. } => "too many requests; retry after the time in Retry-After",
@@ -150,6 +156,7 @@ impl GatewayError {
             GatewayError::HostNotAllowed => "host_not_allowed",
             GatewayError::AuthenticationFailed(_) => "authentication_failed",
             GatewayError::PermissionDenied { .. } => "permission_denied",
+            GatewayError::CredentialNotAccepted => "credential_not_accepted",
             GatewayError::CorsRejected(_) => "cors_rejected",
             GatewayError::RouteNotFound => "route_not_found",
             GatewayError::RateLimited { .. } => "rate_limited",

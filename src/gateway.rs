@@ -178,7 +178,7 @@ impl Gateway {
             caller.identity = ctx.principal.as_ref().map(|p| rt.auth.limit_identity(p));
             rt.limits.check(&route.limits_after_auth, &caller, ctx.now, &mut ctx.quota)?;
         }
-        rt.auth.authorize(ctx.principal.as_ref(), &route.permissions)?;
+        rt.auth.authorize(ctx.principal.as_ref(), route.credentials.as_ref(), &route.permissions)?;
         Ok(Admission::Forward)
     }
 

@@ -234,6 +234,9 @@ impl Metrics {
             (Some(p), Some(GatewayError::PermissionDenied { .. })) => {
                 Some((ctx.runtime.auth.summary(p).method, "denied", "permission"))
             }
+            (Some(p), Some(GatewayError::CredentialNotAccepted)) => {
+                Some((ctx.runtime.auth.summary(p).method, "denied", "credential"))
+            }
             (Some(p), _) => Some((ctx.runtime.auth.summary(p).method, "success", "ok")),
             (None, Some(GatewayError::AuthenticationFailed(failure))) => {
                 Some((ctx.runtime.auth.presented(&x.request.headers).method, "failure", failure.label()))

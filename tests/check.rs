@@ -400,6 +400,35 @@ fn each_bad_config_is_refused_naming_its_key() {
             "auth.jwt[0].jwks_file",
             "not a JWKS document",
         ),
+        (jwt("required_typ = \"\""), "auth.jwt[0].required_typ", "not a JOSE typ value"),
+        (jwt("required_typ = \"at jwt\""), "auth.jwt[0].required_typ", "not a JOSE typ value"),
+        (
+            jwt("").replace("auth = \"none\"", "auth = \"required\"\ncredentials = [\"jwt:partner\"]"),
+            "route[0].credentials[0]",
+            "no [[auth.jwt]] is named \"partner\"",
+        ),
+        (
+            BASE.replace("auth = \"none\"", "auth = \"required\"\ncredentials = [\"password\"]"),
+            "route[0].credentials[0]",
+            "not a kind of credential",
+        ),
+        (
+            BASE.replace("auth = \"none\"", "auth = \"required\"\ncredentials = [\"api_key\", \"api_key\"]"),
+            "route[0].credentials[1]",
+            "listed twice",
+        ),
+        (BASE.replace("auth = \"none\"", "auth = \"required\"\ncredentials = []"), "route[0].credentials", "empty"),
+        (BASE.replace("auth = \"none\"", "auth = \"none\"\ncredentials = [\"api_key\"]"), "route[0].credentials", "auth = \"none\""),
+        (
+            BASE.replace("auth = \"none\"", "auth = \"required\"\ncredentials = [\"mtls\"]"),
+            "route[0].credentials[0]",
+            "no [listener.tls] has client_ca",
+        ),
+        (
+            jwt("").replace("auth = \"none\"", "auth = \"required\"\ncredentials = [\"jwt\", \"jwt:idp\"]"),
+            "route[0].credentials",
+            "together",
+        ),
         (format!("{BASE}\n[cors]\nallowed_origins = [\"https://a.example/\"]\n"), "cors.allowed_origins[0]", "has a path"),
         (
             format!("{BASE}\n[[rate_limit]]\nname = \"x\"\nkey = \"client\"\nlimit = \"1/sec\"\n"),

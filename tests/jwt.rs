@@ -672,3 +672,88 @@ required_typ = "at+jwt"
     }
     assert_eq!(upstream.hits(), 3);
 }
+
+/// Permissions are names any issuer can grant: a route's `credentials` say whose grants count.
+/// A partner IdP minting `scope: "admin"`, or an API key holding `admin`, gets 403 where only
+/// the corporate IdP's tokens are accepted.
+#[tokio::test]
+async fn a_route_accepts_only_the_credentials_it_names() {
+    use sha2::{Digest, Sha256};
+    let upstream = Upstream::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (corp_secret, partner_secret) =
+        ("corp-secret-0123456789-0123456789-0123", "partner-secret-0123456789-0123456789-01");
+    std::fs::write(dir.path().join("corp"), corp_secret).unwrap();
+    std::fs::write(dir.path().join("partner"), partner_secret).unwrap();
+    let key = "pcs_route-credentials-test-key-0123456789";
+    let config = format!(
+        r#"
+[server]
+allowed_hosts = ["localhost"]
+
+[[upstream]]
+name = "api"
+targets = ["{addr}"]
+
+[[route]]
+name = "admin"
+path = "/admin"
+upstream = "api"
+permissions = ["admin"]
+credentials = ["jwt:corp"]
+
+[[route]]
+name = "reports"
+path = "/reports"
+upstream = "api"
+credentials = ["api_key", "jwt:partner"]
+
+[[auth.api_key]]
+id = "ops"
+hash = "sha256:{hash}"
+permissions = ["admin"]
+
+[[auth.jwt]]
+name = "corp"
+issuer = "https://corp.idp.test/"
+audiences = ["registry"]
+algorithms = ["HS256"]
+secret = "file:{dir}/corp"
+
+[[auth.jwt]]
+name = "partner"
+issuer = "https://partner.idp.test/"
+audiences = ["registry"]
+algorithms = ["HS256"]
+secret = "file:{dir}/partner"
+"#,
+        addr = upstream.addr,
+        hash = hex::encode(Sha256::digest(key.as_bytes())),
+        dir = dir.path().display(),
+    );
+    let gw = Gateway::start(&config).await;
+    let token = |iss: &str, secret: &str| {
+        let claims = with(claims(iss, "registry"), "scope", json!("admin"));
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    };
+    let corp = format!("Authorization: Bearer {}\r\n", token("https://corp.idp.test/", corp_secret));
+    let partner = format!("Authorization: Bearer {}\r\n", token("https://partner.idp.test/", partner_secret));
+    let api_key = format!("X-API-Key: {key}\r\n");
+    for (path, headers, allowed) in [
+        ("/admin", &corp, true),
+        ("/admin", &partner, false),
+        ("/admin", &api_key, false),
+        ("/reports", &api_key, true),
+        ("/reports", &partner, true),
+        ("/reports", &corp, false),
+    ] {
+        let resp = send(&gw, path, headers).await;
+        if allowed {
+            assert_ok(&resp);
+        } else {
+            assert_error(&resp, 403, "PERMISSION_DENIED");
+            assert_eq!(resp.json()["error"]["message"], "this route does not accept this kind of credential");
+        }
+    }
+    assert_eq!(upstream.hits(), 3);
+}

@@ -300,6 +300,8 @@ pub struct RouteSection {
     pub public: Option<bool>,
     /// Permissions all needed.
     pub permissions: Option<Vec<String>>,
+    /// Which kinds of caller may satisfy the route: `api_key`, `jwt`, `jwt:NAME`, `mtls`.
+    pub credentials: Option<Vec<String>>,
     /// Rate-limit policy names.
     pub rate_limits: Option<Vec<String>>,
     /// `false` turns CORS off on this route.

@@ -21,7 +21,7 @@ use super::tls::build_listener_tls;
 use super::units::{parse_duration, parse_size};
 use super::{ConfigErrors, Problems, Sources};
 use crate::logs::Destination;
-use crate::pipeline::auth::Authenticator;
+use crate::pipeline::auth::{AcceptedCredentials, Authenticator};
 use crate::pipeline::client::TrustedProxies;
 use crate::pipeline::cors::CorsPolicy;
 use crate::pipeline::host::{HostAllowList, HostPattern};
@@ -268,11 +268,14 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
     let mut reserved_key_headers = auth.api_key_headers.clone();
     reserved_key_headers.push(request_id_header.clone());
     let policies = build_policies(&file.rate_limit, &reserved_key_headers, &mut p);
+    let issuer_names: Vec<&str> = auth.jwt.issuers.iter().map(|i| &*i.name).collect();
     let edge = EdgeRefs {
         policies: &policies.policies,
         policy_index: &policies.index,
         refused_policies: &policies.refused,
         cors: cors.is_some(),
+        issuers: &issuer_names,
+        client_certificates: listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_ca.is_some())),
     };
     let routes = build_routes(&file.route, &upstream_index, &hosts, &edge, &mut p);
     let auth_failure_limit = build_auth_failure_limit(server.auth_failure_limit.as_deref(), &mut p);
@@ -666,13 +669,93 @@ fn build_targets(targets: Option<&[String]>, key: &str, p: &mut Problems<'_>) ->
     Targets::Servers(servers)
 }
 
-/// What routes may refer to besides upstreams: the rate-limit policies, and whether `[cors]`
-/// exists.
+/// What routes may refer to besides upstreams: the rate-limit policies, whether `[cors]`
+/// exists, the JWT issuers' names, and whether any listener asks for client certificates.
 struct EdgeRefs<'a> {
     policies: &'a [Policy],
     policy_index: &'a HashMap<String, PolicyId>,
     refused_policies: &'a HashSet<String>,
     cors: bool,
+    issuers: &'a [&'a str],
+    client_certificates: bool,
+}
+
+/// A route's `credentials`: `api_key`, `mtls`, `jwt` (any issuer) or `jwt:NAME` (an
+/// `[[auth.jwt]]` by name).
+fn build_credentials(
+    names: Option<&[String]>,
+    key: &str,
+    auth: AuthMode,
+    edge: &EdgeRefs<'_>,
+    p: &mut Problems<'_>,
+) -> Option<AcceptedCredentials> {
+    let names = names?;
+    if auth == AuthMode::None {
+        p.push(key, "is set, but auth = \"none\" never looks at credentials", "set auth = \"required\" or remove it");
+        return None;
+    }
+    if names.is_empty() {
+        p.push(
+            key,
+            "is empty: no caller could satisfy this route",
+            "list the kinds it accepts, or remove it to accept any",
+        );
+        return None;
+    }
+    let mut accepted = AcceptedCredentials::default();
+    for (j, name) in names.iter().enumerate() {
+        let item = format!("{key}[{j}]");
+        let fresh = match name.as_str() {
+            "api_key" => !std::mem::replace(&mut accepted.api_key, true),
+            "jwt" => !std::mem::replace(&mut accepted.any_jwt, true),
+            "mtls" => {
+                if !edge.client_certificates {
+                    p.push(
+                        &item,
+                        "is \"mtls\", but no [listener.tls] has client_ca, so no caller has a client certificate",
+                        "add client_ca to a TLS listener, or remove \"mtls\"",
+                    );
+                }
+                !std::mem::replace(&mut accepted.mtls, true)
+            }
+            other => match other.strip_prefix("jwt:") {
+                Some(issuer) => match edge.issuers.iter().position(|n| *n == issuer) {
+                    Some(index) if accepted.jwt_issuers.contains(&index) => false,
+                    Some(index) => {
+                        accepted.jwt_issuers.push(index);
+                        true
+                    }
+                    None => {
+                        p.push(
+                            &item,
+                            format!("no [[auth.jwt]] is named \"{issuer}\""),
+                            format!("use one of {:?}, or add the issuer", edge.issuers),
+                        );
+                        true
+                    }
+                },
+                None => {
+                    p.push(
+                        &item,
+                        format!("\"{other}\" is not a kind of credential"),
+                        "use \"api_key\", \"jwt\", \"jwt:ISSUER_NAME\" or \"mtls\"",
+                    );
+                    true
+                }
+            },
+        };
+        if !fresh {
+            p.push(&item, format!("\"{name}\" is listed twice"), "list it once");
+        }
+    }
+    if accepted.any_jwt && !accepted.jwt_issuers.is_empty() {
+        p.push(
+            key,
+            "lists \"jwt\" (any issuer) and \"jwt:NAME\" together",
+            "keep \"jwt\", or only the issuers by name",
+        );
+    }
+    Some(accepted)
 }
 
 /// A route's `rate_limits`, split into the policies checked before and after authentication.
@@ -823,6 +906,7 @@ fn build_routes(
                 "set auth = \"required\" or remove the permissions",
             );
         }
+        let credentials = build_credentials(r.credentials.as_deref(), &key("credentials"), auth, edge, p);
         let (limits_before_auth, limits_after_auth) =
             route_limits(r.rate_limits.as_deref(), &key("rate_limits"), auth, edge, p);
         let cors = match r.cors {
@@ -849,6 +933,7 @@ fn build_routes(
             upstream,
             auth,
             permissions,
+            credentials,
             cors,
             limits_before_auth,
             limits_after_auth,

@@ -121,6 +121,10 @@ pub fn record(x: &Exchange<'_>, sink: &LogSink) {
             AuditRecord { permission: Some(missing), ..AuditRecord::about("permission_denied", x) }
                 .caller(summary.as_ref())
         }
+        GatewayError::CredentialNotAccepted => {
+            AuditRecord { reason: Some("credential_not_accepted"), ..AuditRecord::about("permission_denied", x) }
+                .caller(summary.as_ref())
+        }
         GatewayError::RateLimited { policy, .. } => {
             AuditRecord { policy: Some(policy), ..AuditRecord::about("rate_limited", x) }.caller(summary.as_ref())
         }

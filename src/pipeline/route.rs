@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use http::{HeaderValue, Method};
 
 use crate::error::GatewayError;
+use crate::pipeline::auth::AcceptedCredentials;
 use crate::pipeline::host::HostPattern;
 use crate::pipeline::ratelimit::PolicyId;
 
@@ -56,6 +57,8 @@ pub struct Route {
     pub auth: AuthMode,
     /// Permissions a caller needs, all of them.
     pub permissions: Vec<Box<str>>,
+    /// The kinds of caller that may satisfy the route (`credentials`); `None`: any.
+    pub credentials: Option<AcceptedCredentials>,
     /// Whether `[cors]` applies (it exists and the route did not turn it off).
     pub cors: bool,
     /// Rate-limit policies checked before authentication (address- and header-keyed).
@@ -240,6 +243,7 @@ mod tests {
             upstream: 0,
             auth: AuthMode::None,
             permissions: Vec::new(),
+            credentials: None,
             cors: false,
             limits_before_auth: Vec::new(),
             limits_after_auth: Vec::new(),

@@ -128,6 +128,32 @@ pub enum Principal {
     Certificate(Arc<ClientCertificate>),
 }
 
+/// A route's `credentials`: which kinds of caller may satisfy it. Permissions are names anyone
+/// who issues credentials can grant (a partner's IdP can mint `scope: "admin"`), so a route can
+/// say whose grants count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AcceptedCredentials {
+    /// `api_key`: the gateway's own API keys.
+    pub api_key: bool,
+    /// `mtls`: a client certificate verified by the TLS handshake.
+    pub mtls: bool,
+    /// `jwt`: tokens of any issuer.
+    pub any_jwt: bool,
+    /// `jwt:NAME`: tokens of these issuers (indices in [`JwtVerifier::issuers`]).
+    pub jwt_issuers: Vec<usize>,
+}
+
+impl AcceptedCredentials {
+    /// Whether `principal` is of a kind this route accepts.
+    pub fn accepts(&self, principal: &Principal) -> bool {
+        match principal {
+            Principal::ApiKey(_) => self.api_key,
+            Principal::Certificate(_) => self.mtls,
+            Principal::Jwt(identity) => self.any_jwt || self.jwt_issuers.contains(&identity.issuer),
+        }
+    }
+}
+
 /// A credential as presented, before verification.
 #[derive(Debug, PartialEq, Eq)]
 enum Credential<'a> {
@@ -237,8 +263,19 @@ impl Authenticator {
         }
     }
 
-    /// Checks that `principal` holds every permission in `required`; 403 naming the first missing.
-    pub fn authorize(&self, principal: Option<&Principal>, required: &[Box<str>]) -> Result<(), GatewayError> {
+    /// Checks that `principal` is of a kind the route `accepts` (all kinds when `None`), and
+    /// holds every permission in `required`; 403 naming the first missing.
+    pub fn authorize(
+        &self,
+        principal: Option<&Principal>,
+        accepts: Option<&AcceptedCredentials>,
+        required: &[Box<str>],
+    ) -> Result<(), GatewayError> {
+        if let (Some(principal), Some(accepts)) = (principal, accepts) {
+            if !accepts.accepts(principal) {
+                return Err(GatewayError::CredentialNotAccepted);
+            }
+        }
         let granted: &[Box<str>] = match principal {
             Some(Principal::ApiKey(i)) => &self.keys.get(*i).permissions,
             Some(Principal::Jwt(identity)) => &identity.permissions,
@@ -525,11 +562,37 @@ mod tests {
     fn permissions() {
         let a = auth();
         let p = Some(&Principal::ApiKey(0));
-        assert_eq!(a.authorize(p, &["read_models".into()]), Ok(()));
+        assert_eq!(a.authorize(p, None, &["read_models".into()]), Ok(()));
         assert_eq!(
-            a.authorize(p, &["read_models".into(), "write_models".into()]),
+            a.authorize(p, None, &["read_models".into(), "write_models".into()]),
             Err(GatewayError::PermissionDenied { missing: "write_models".into() })
         );
-        assert_eq!(a.authorize(None, &[]), Ok(()));
+        assert_eq!(a.authorize(None, None, &[]), Ok(()));
+    }
+
+    #[test]
+    fn a_route_accepts_only_the_credential_kinds_it_names() {
+        let a = auth();
+        let key = Principal::ApiKey(0);
+        let jwt_of = |issuer| {
+            Principal::Jwt(Arc::new(JwtIdentity {
+                issuer,
+                subject: HeaderValue::from_static("s"),
+                permissions: vec!["read_models".into()],
+                permissions_header: HeaderValue::from_static("read_models"),
+                claim_headers: vec![],
+                expires_at: None,
+            }))
+        };
+        let partner_only = AcceptedCredentials { jwt_issuers: vec![1], ..AcceptedCredentials::default() };
+        let read = ["read_models".into()];
+        assert_eq!(a.authorize(Some(&key), Some(&partner_only), &read), Err(GatewayError::CredentialNotAccepted));
+        assert_eq!(a.authorize(Some(&jwt_of(0)), Some(&partner_only), &read), Err(GatewayError::CredentialNotAccepted));
+        assert_eq!(a.authorize(Some(&jwt_of(1)), Some(&partner_only), &read), Ok(()));
+        let keys_and_any_jwt = AcceptedCredentials { api_key: true, any_jwt: true, ..AcceptedCredentials::default() };
+        assert_eq!(a.authorize(Some(&key), Some(&keys_and_any_jwt), &read), Ok(()));
+        assert_eq!(a.authorize(Some(&jwt_of(0)), Some(&keys_and_any_jwt), &read), Ok(()));
+        // Anonymous callers on an optional route are not a credential of another kind.
+        assert_eq!(a.authorize(None, Some(&partner_only), &[]), Ok(()));
     }
 }
