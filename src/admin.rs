@@ -8,7 +8,8 @@
 //! - `/healthz`: 200 while the process serves requests (liveness).
 //! - `/readyz`: 200 when the configuration is loaded and every upstream has at least one
 //!   healthy target; 503 with the reason otherwise (readiness: take the instance out of the
-//!   load balancer). Upstreams without a `health_check` count all their targets healthy.
+//!   load balancer). Upstreams without a `health_check` count all their targets healthy. From
+//!   `SIGTERM` on, 503 `draining` (see [`crate::shutdown`]).
 //! - `/metrics`: the Prometheus text exposition of [`crate::metrics`].
 
 use async_trait::async_trait;
@@ -80,7 +81,10 @@ impl AdminApp {
             })
             .collect();
         let down: Vec<&str> = upstreams.iter().filter(|u| u.healthy_targets == 0).map(|u| u.name).collect();
-        let (status, readiness) = if down.is_empty() {
+        let (status, readiness) = if crate::shutdown::is_draining() {
+            let reason = Some("stopping: the gateway received SIGTERM".to_string());
+            (StatusCode::SERVICE_UNAVAILABLE, Readiness { status: "draining", reason, upstreams })
+        } else if down.is_empty() {
             (StatusCode::OK, Readiness { status: "ready", reason: None, upstreams })
         } else {
             let reason = format!("no healthy target in upstream(s): {}", down.join(", "));

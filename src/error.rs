@@ -63,6 +63,13 @@ pub enum GatewayError {
         /// The `Allow` header value.
         allow: HeaderValue,
     },
+    /// 408 `REQUEST_TIMEOUT`: the request head did not arrive within `server.header_timeout`.
+    RequestTimeout,
+    /// 431 `HEADERS_TOO_LARGE`: the request head is larger than `server.max_header_size`.
+    HeaderTooLarge {
+        /// `server.max_header_size` in bytes.
+        limit: u64,
+    },
     /// 413 `PAYLOAD_TOO_LARGE`.
     PayloadTooLarge {
         /// `server.max_body_size` in bytes.
@@ -103,6 +110,8 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -122,6 +131,8 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
             GatewayError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             GatewayError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            GatewayError::RequestTimeout => "REQUEST_TIMEOUT",
+            GatewayError::HeaderTooLarge { .. } => "HEADERS_TOO_LARGE",
             GatewayError::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             GatewayError::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             GatewayError::Internal => "INTERNAL_ERROR",
@@ -141,6 +152,8 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "too many requests; retry after the time in Retry-After",
             GatewayError::MethodNotAllowed { .. } => "this method is not allowed on this path",
             GatewayError::PayloadTooLarge { .. } => "the request body is larger than this gateway accepts",
+            GatewayError::RequestTimeout => "the request head did not arrive in time",
+            GatewayError::HeaderTooLarge { .. } => "the request head is larger than this gateway accepts",
             GatewayError::UpstreamUnavailable => "the upstream service is unavailable",
             GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
             GatewayError::Internal => "internal error",
@@ -162,6 +175,8 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::RequestTimeout => "request_timeout",
+            GatewayError::HeaderTooLarge { .. } => "headers_too_large",
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::Internal => "internal_error",
@@ -176,6 +191,7 @@ impl GatewayError {
                 serde_json::json!({ "allowed_methods": methods })
             }
             GatewayError::PayloadTooLarge { limit } => serde_json::json!({ "max_body_size": limit }),
+            GatewayError::HeaderTooLarge { limit } => serde_json::json!({ "max_header_size": limit }),
             GatewayError::PermissionDenied { missing } => serde_json::json!({ "missing_permission": missing }),
             GatewayError::CorsRejected(why) => serde_json::json!({ "rejected": why.label() }),
             GatewayError::RateLimited { policy, limit, window, retry_after } => serde_json::json!({

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod ctx;
 pub mod error;
 pub mod gateway;
@@ -16,67 +17,38 @@ pub mod metrics;
 pub mod pipeline;
 pub mod redact;
 pub mod reload;
+pub mod shutdown;
 pub mod tls;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use pingora::apps::{HttpServerOptions, ServerApp};
-use pingora::protocols::Stream;
-use pingora::proxy::{http_proxy, HttpProxy};
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
-use prometheus::{IntCounter, IntGauge};
 
 use config::Config;
+use connection::ClientConnections;
 use gateway::{Gateway, SharedRuntime};
 use logs::{LogSink, Logs};
 
 /// How long the runtimes get to stop once the grace period is over.
 pub const SHUTDOWN_TIMEOUT_SECONDS: u64 = 1;
 
-/// A proxy service that counts its client connections (`portcullis_connections_active` and
-/// `portcullis_connections_total`): Pingora calls `process_new` once per accepted connection
-/// (after any TLS handshake) and it returns when the connection ends, keep-alive and HTTP/2
-/// streams included.
-struct CountedConnections {
-    proxy: Arc<HttpProxy<Gateway>>,
-    active: IntGauge,
-    accepted: IntCounter,
-}
+/// The per-connection read buffer in front of the socket. Pingora's default (64 KiB) is
+/// allocated for every connection and kept for its life; reads go straight to the buffers that
+/// want the bytes instead (the request head's, Pingora's header and body buffers, OpenSSL's
+/// read-ahead on TLS listeners).
+const L4_READ_BUFFER: usize = 0;
+/// The per-connection write buffer: one segment, so a head and a small body go in one write.
+const L4_WRITE_BUFFER: usize = 1460;
 
-impl CountedConnections {
-    fn service(name: &str, proxy: HttpProxy<Gateway>, addresses: &[String]) -> Service<CountedConnections> {
-        let label = addresses.join(",");
-        let app = CountedConnections {
-            proxy: Arc::new(proxy),
-            active: metrics::METRICS.connections_active.with_label_values(&[&label]),
-            accepted: metrics::METRICS.connections.with_label_values(&[&label]),
-        };
-        Service::new(name.to_string(), app)
-    }
-}
-
-#[async_trait]
-impl ServerApp for CountedConnections {
-    async fn process_new(self: &Arc<Self>, session: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        struct Open<'a>(&'a IntGauge);
-        impl Drop for Open<'_> {
-            fn drop(&mut self) {
-                self.0.dec();
-            }
-        }
-        self.accepted.inc();
-        self.active.inc();
-        let _open = Open(&self.active);
-        self.proxy.process_new(session, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.proxy.cleanup().await;
-    }
+fn listener_config(address: &str) -> ListenerConfig {
+    ListenerConfig::tcp(address).l4_buffer(L4BufferSettings::new(L4_READ_BUFFER, L4_WRITE_BUFFER))
 }
 
 /// Opens the access and audit logs a configuration names.
@@ -127,16 +99,19 @@ pub fn build_server(
             None => groups.push((group, vec![l.address.to_string()])),
         }
     }
+    let limits = &process.connections;
     for ((h2c, redirect_to), addresses) in groups {
         let mut options = HttpServerOptions::default();
         options.h2c = h2c;
+        options.h2_idle_timeout = Some(limits.idle_timeout);
         let edge = gateway::ListenerEdge { redirect_to, hsts: None };
         let mut proxy = http_proxy(&server.configuration, Gateway::new(runtime.clone(), edge, logs.clone()));
         proxy.server_options = Some(options);
         let name = if h2c { "portcullis (h2c)" } else { "portcullis" };
-        let mut service = CountedConnections::service(name, proxy, &addresses);
+        let app = ClientConnections::new(proxy, runtime.clone(), limits.clone(), None, &addresses);
+        let mut service = Service::new(name.to_string(), app);
         for address in &addresses {
-            service.add_tcp(address);
+            service.add_listener(listener_config(address));
         }
         server.add_service(service);
     }
@@ -154,9 +129,20 @@ pub fn build_server(
             }
         };
         let edge = gateway::ListenerEdge { redirect_to: None, hsts: tls.hsts.clone() };
-        let proxy = http_proxy(&server.configuration, Gateway::new(runtime.clone(), edge, logs.clone()));
-        let mut service = CountedConnections::service("portcullis (tls)", proxy, &[listener.address.to_string()]);
-        service.add_tls_with_settings(&listener.address.to_string(), None, settings);
+        let mut proxy = http_proxy(&server.configuration, Gateway::new(runtime.clone(), edge, logs.clone()));
+        let mut options = HttpServerOptions::default();
+        options.h2_idle_timeout = Some(limits.idle_timeout);
+        proxy.server_options = Some(options);
+        let address = listener.address.to_string();
+        let app = ClientConnections::new(
+            proxy,
+            runtime.clone(),
+            limits.clone(),
+            tls.hsts.clone(),
+            std::slice::from_ref(&address),
+        );
+        let mut service = Service::new("portcullis (tls)".to_string(), app);
+        service.add_listener(listener_config(&address).tls(settings));
         server.add_service(service);
         watched.push(tls.clone());
     }
@@ -168,6 +154,9 @@ pub fn build_server(
     // and SIGHUP reload, which replaces both runtime and tasks.
     let reloader = reload::Reloader::new(path.to_path_buf(), config, runtime.clone(), logs.clone());
     server.add_service(pingora::services::background::background_service("reload", reloader));
+    // Exits once a graceful stop has drained every client connection.
+    let drain = shutdown::DrainMonitor::new(logs.clone());
+    server.add_service(pingora::services::background::background_service("drain", drain));
     if let Some(address) = process.admin {
         let mut admin = Service::new("portcullis admin".to_string(), admin::AdminApp::new(runtime.clone()));
         admin.add_tcp(&address.to_string());
@@ -194,6 +183,7 @@ pub fn run(config: Config, path: &std::path::Path, upgrade: bool) -> ! {
     if let Some(sink) = &logs.audit {
         logs::audit::config_loaded(sink, &config.files);
     }
+    raise_open_files_limit(&config.process);
     let (server, _runtime) = build_server(&config, path, logs, upgrade);
     for listener in &config.process.listeners {
         tracing::info!(address = %listener.address, h2c = listener.h2c, tls = listener.tls.is_some(), "listening");
@@ -201,5 +191,36 @@ pub fn run(config: Config, path: &std::path::Path, upgrade: bool) -> ! {
     if let Some(address) = config.process.admin {
         tracing::info!(%address, "admin listener: /metrics, /healthz, /readyz");
     }
-    server.run_forever()
+    server.run(RunArgs { shutdown_signal: Box::new(shutdown::Signals::new(config.process.shutdown_delay)) });
+    std::process::exit(0)
+}
+
+/// Descriptors the gateway needs besides one per client connection: upstream connections
+/// (pooled up to `upstream_keepalive_pool_size`), listeners, logs, certificate files.
+const SPARE_FILES: u64 = 1024;
+
+/// Raises the soft open-files limit towards the hard one, as far as `server.max_connections`
+/// (and the upstream connections beside them) need: the usual soft limit of 1024 would refuse
+/// connections with "too many open files" long before the configured limit.
+fn raise_open_files_limit(process: &config::runtime::ProcessSettings) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let wanted = (process.connections.max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(process.upstream_keepalive_pool_size as u64)
+        .saturating_add(SPARE_FILES);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    if soft >= wanted {
+        return;
+    }
+    let raised = wanted.min(hard);
+    if raised > soft && setrlimit(Resource::RLIMIT_NOFILE, raised, hard).is_ok() {
+        tracing::info!(from = soft, to = raised, "raised the open-files limit for server.max_connections");
+    }
+    if raised < wanted {
+        tracing::warn!(
+            limit = raised,
+            wanted,
+            "the open-files limit is below what server.max_connections needs; raise LimitNOFILE (systemd) or ulimit -n"
+        );
+    }
 }

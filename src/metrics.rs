@@ -57,6 +57,8 @@ pub struct Metrics {
     pub connections_active: IntGaugeVec,
     /// `portcullis_connections_total{listener}`.
     pub connections: IntCounterVec,
+    /// `portcullis_connections_rejected_total{reason}`.
+    pub connections_rejected: IntCounterVec,
     /// `portcullis_log_lines_dropped_total{log,reason}`.
     pub log_lines_dropped: IntCounterVec,
 }
@@ -197,6 +199,14 @@ impl Metrics {
                 "portcullis_connections_total",
                 "Client connections accepted (after the TLS handshake on TLS listeners), by listener address.",
                 &["listener"],
+            ),
+            connections_rejected: counter(
+                &r,
+                "portcullis_connections_rejected_total",
+                "Client connections closed by the gateway before a request was served, by reason: \
+                 max_connections, max_connections_per_client (at accept), header_timeout (408), \
+                 header_too_large (431).",
+                &["reason"],
             ),
             log_lines_dropped: counter(
                 &r,

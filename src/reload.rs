@@ -125,6 +125,12 @@ impl ProcessSummary {
             ("server.threads", p.threads.to_string()),
             ("server.upstream_keepalive_pool_size", p.upstream_keepalive_pool_size.to_string()),
             ("server.shutdown_grace", format!("{:?}", p.shutdown_grace)),
+            ("server.shutdown_delay", format!("{:?}", p.shutdown_delay)),
+            ("server.header_timeout", format!("{:?}", p.connections.header_timeout)),
+            ("server.idle_timeout", format!("{:?}", p.connections.idle_timeout)),
+            ("server.max_header_size", p.connections.max_header_size.to_string()),
+            ("server.max_connections", p.connections.max_connections.to_string()),
+            ("server.max_connections_per_client", p.connections.max_connections_per_client.to_string()),
             ("server.upgrade_socket", p.upgrade_socket.display().to_string()),
         ])
     }

@@ -360,6 +360,9 @@ impl ListenerTls {
         // Idle connections give their read and write buffers (about 34 KiB) back to the
         // allocator until they are needed again, as nginx does.
         settings.set_mode(SslMode::RELEASE_BUFFERS);
+        // The socket has no read buffer of its own (see `L4_READ_BUFFER`): OpenSSL reads as
+        // much as is there in one call, rather than a record header and then its body.
+        settings.set_read_ahead(true);
         if self.http2 {
             settings.enable_h2();
         }

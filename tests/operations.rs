@@ -24,20 +24,21 @@ fn key_block(id: &str, key: &str) -> String {
     )
 }
 
-/// A gateway config: `keys` are `[[auth.api_key]]` blocks; `/slow` takes 2 s upstream.
+/// A gateway config: `keys` are `[[auth.api_key]]` blocks, `server` more `[server]` keys;
+/// `/slow` takes 2 s upstream.
 fn config(
     listen: SocketAddr,
     admin: SocketAddr,
     audit: &Path,
     upstream: SocketAddr,
     keys: &str,
-    grace: &str,
+    server: &str,
 ) -> String {
     format!(
         r#"
 [server]
 allowed_hosts = ["localhost"]
-shutdown_grace = "{grace}"
+{server}
 upgrade_socket = "{socket}"
 
 [[listener]]
@@ -121,20 +122,20 @@ struct Setup {
     _logs: tempfile::TempDir,
 }
 
-async fn start(keys: &str, grace: &str) -> Setup {
+async fn start(keys: &str, server: &str) -> Setup {
     let upstream = Upstream::start("api").await;
     let logs = tempfile::tempdir().unwrap();
     let audit = logs.path().join("audit.jsonl");
     let admin = free_addr();
     let (u, a) = (upstream.addr, audit.clone());
-    let gw = Gateway::start_from(|listen| config(listen, admin, &a, u, keys, grace)).await;
+    let gw = Gateway::start_from(|listen| config(listen, admin, &a, u, keys, server)).await;
     wait_listening(admin).await;
     Setup { gw, admin, audit, upstream, _logs: logs }
 }
 
 #[tokio::test]
 async fn a_reload_swaps_keys_while_a_slow_request_completes() {
-    let s = start(&key_block("a", KEY_A), "30s").await;
+    let s = start(&key_block("a", KEY_A), "shutdown_grace = \"30s\"").await;
     assert_eq!(status(&s.gw, "/x", KEY_A).await, 200);
     assert_eq!(status(&s.gw, "/x", KEY_B).await, 401);
     for expected in [200, 200, 429] {
@@ -147,7 +148,8 @@ async fn a_reload_swaps_keys_while_a_slow_request_completes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Revoke key a, add key b, reload.
-    let text = config(s.gw.addr, s.admin, &s.audit, s.upstream.addr, &key_block("b", KEY_B), "30s");
+    let text =
+        config(s.gw.addr, s.admin, &s.audit, s.upstream.addr, &key_block("b", KEY_B), "shutdown_grace = \"30s\"");
     std::fs::write(s.gw.config_path(), text).unwrap();
     let sent = Instant::now();
     s.gw.signal("HUP");
@@ -169,12 +171,13 @@ async fn a_reload_swaps_keys_while_a_slow_request_completes() {
 
 #[tokio::test]
 async fn an_invalid_reload_leaves_the_old_configuration_serving() {
-    let s = start(&key_block("a", KEY_A), "30s").await;
+    let s = start(&key_block("a", KEY_A), "shutdown_grace = \"30s\"").await;
     assert_eq!(status(&s.gw, "/x", KEY_A).await, 200);
     // A route to an upstream that does not exist, and a key pasted where a hash belongs.
-    let broken = config(s.gw.addr, s.admin, &s.audit, s.upstream.addr, &key_block("a", KEY_A), "30s")
-        .replace("upstream = \"api\"\npermissions", "upstream = \"missing\"\npermissions")
-        + &format!("[[auth.api_key]]\nid = \"pasted\"\nhash = \"{KEY_B}\"\n");
+    let broken =
+        config(s.gw.addr, s.admin, &s.audit, s.upstream.addr, &key_block("a", KEY_A), "shutdown_grace = \"30s\"")
+            .replace("upstream = \"api\"\npermissions", "upstream = \"missing\"\npermissions")
+            + &format!("[[auth.api_key]]\nid = \"pasted\"\nhash = \"{KEY_B}\"\n");
     std::fs::write(s.gw.config_path(), broken).unwrap();
     s.gw.signal("HUP");
     wait_metric(s.admin, r#"portcullis_config_reloads_total{result="failure"}"#, "1").await;
@@ -187,32 +190,94 @@ async fn an_invalid_reload_leaves_the_old_configuration_serving() {
     assert!(!s.gw.stderr().contains(&KEY_B[4..]));
 
     // Fixed: the next reload applies.
-    let fixed = config(s.gw.addr, s.admin, &s.audit, s.upstream.addr, &key_block("b", KEY_B), "30s");
+    let fixed =
+        config(s.gw.addr, s.admin, &s.audit, s.upstream.addr, &key_block("b", KEY_B), "shutdown_grace = \"30s\"");
     std::fs::write(s.gw.config_path(), fixed).unwrap();
     s.gw.signal("HUP");
     wait_metric(s.admin, r#"portcullis_config_reloads_total{result="success"}"#, "1").await;
     assert_eq!(status(&s.gw, "/x", KEY_B).await, 200);
 }
 
+/// With the default 30 s grace, an idle gateway exits within a second of SIGTERM: systemd,
+/// `docker stop` and Kubernetes do not wait for a grace period nothing needs.
 #[tokio::test]
-async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
-    let mut s = start(&key_block("a", KEY_A), "4s").await;
+async fn an_idle_gateway_exits_within_a_second_of_sigterm() {
+    let mut s = start(&key_block("a", KEY_A), "").await;
+    assert_eq!(status(&s.gw, "/x", KEY_A).await, 200);
+    let sent = Instant::now();
+    s.gw.signal("TERM");
+    let exit = s.gw.wait_exit(Duration::from_secs(10)).await.expect("exited");
+    let took = sent.elapsed();
+    assert!(exit.success(), "{exit:?}: {}", s.gw.stderr());
+    eprintln!("idle gateway exited {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(1), "took {took:?} (the grace period is 30 s)");
+}
+
+/// A request in flight finishes; meanwhile nothing new is accepted, a keep-alive connection
+/// is told to close, and the gateway exits right after the last response rather than at the
+/// end of its 30 s grace. The audit lines of the last requests are written before it exits.
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_and_exits_right_after() {
+    use tokio::io::AsyncWriteExt;
+    let mut s = start(&key_block("a", KEY_A), "shutdown_grace = \"30s\"").await;
     let addr = s.gw.addr;
-    let slow = tokio::spawn(async move { send(addr, "GET", "/slow", &[("X-API-Key", KEY_A)]).await });
+    let slow = tokio::spawn(async move {
+        let resp = send(addr, "GET", "/slow", &[("X-API-Key", KEY_A)]).await;
+        (resp, Instant::now())
+    });
+    // A keep-alive connection that has served one request and sits idle.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /x HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {KEY_A}\r\n\r\n");
+    idle.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(common::read_response(&mut idle).await.status, 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     s.gw.signal("TERM");
-    let resp = slow.await.unwrap();
-    assert_eq!(resp.status, 200, "the request in flight finished");
-    // New connections are refused once the listeners close.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after SIGTERM");
-    let exit = s.gw.wait_exit(Duration::from_secs(10)).await.expect("exited within the grace period");
+    // The idle keep-alive connection was closed rather than kept for another request.
+    let mut rest = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(2), tokio::io::AsyncReadExt::read_to_end(&mut idle, &mut rest));
+    assert!(matches!(closed.await, Ok(Ok(0))), "the idle connection was not closed: {rest:?}");
+    let (resp, answered) = slow.await.unwrap();
+    assert_eq!(resp.status, 200, "the request in flight finished");
+    let exit = s.gw.wait_exit(Duration::from_secs(10)).await.expect("exited");
+    let after = answered.elapsed();
     assert!(exit.success(), "{exit:?}: {}", s.gw.stderr());
+    eprintln!("exited {after:?} after the last response");
+    assert!(after < Duration::from_secs(1), "exited {after:?} after the last response (grace 30 s)");
+    // Both requests' audit lines (the last one's included) were written before the exit.
+    let successes = audit_events(&s.audit).iter().filter(|e| e["event"] == "auth_success").count();
+    assert_eq!(successes, 2, "{:?}", audit_events(&s.audit));
+}
+
+/// `shutdown_delay`: after SIGTERM the gateway says it is not ready, and goes on accepting and
+/// serving for the delay, for a load balancer to take it out; then it drains and exits.
+#[tokio::test]
+async fn shutdown_delay_keeps_serving_while_readiness_fails() {
+    let mut s = start(&key_block("a", KEY_A), "shutdown_delay = \"1500ms\"").await;
+    assert_eq!(send(s.admin, "GET", "/readyz", &[]).await.status, 200);
+    let sent = Instant::now();
+    s.gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = send(s.admin, "GET", "/readyz", &[]).await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["status"], "draining");
+    // New connections are still accepted and served during the delay.
+    for _ in 0..3 {
+        assert_eq!(status(&s.gw, "/x", KEY_A).await, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sent.elapsed() < Duration::from_millis(1500));
+    let exit = s.gw.wait_exit(Duration::from_secs(10)).await.expect("exited");
+    let took = sent.elapsed();
+    assert!(exit.success(), "{exit:?}: {}", s.gw.stderr());
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_millis(2500), "exited after {took:?}");
 }
 
 #[tokio::test]
 async fn a_new_binary_takes_the_sockets_over_without_refusing_a_connection() {
-    let mut s = start(&key_block("a", KEY_A), "1s").await;
+    let mut s = start(&key_block("a", KEY_A), "shutdown_grace = \"1s\"").await;
     // Requests on fresh connections, all along the swap.
     let addr = s.gw.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -264,7 +329,7 @@ async fn a_new_binary_takes_the_sockets_over_without_refusing_a_connection() {
 
 #[tokio::test]
 async fn the_health_command_probes_the_admin_listener() {
-    let s = start(&key_block("a", KEY_A), "30s").await;
+    let s = start(&key_block("a", KEY_A), "shutdown_grace = \"30s\"").await;
     let probe = |url: String| std::process::Command::new(common::BIN).args(["health", &url]).output().unwrap();
     let ok = probe(format!("http://{}/healthz", s.admin));
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
@@ -277,10 +342,11 @@ async fn the_health_command_probes_the_admin_listener() {
 
 #[tokio::test]
 async fn production_checks_apply_to_a_reload() {
-    let s = start(&key_block("a", KEY_A), "30s").await;
+    let s = start(&key_block("a", KEY_A), "shutdown_grace = \"30s\"").await;
     // Production refuses the open /limited route (auth = "none" without public = true).
-    let production = config(s.gw.addr, s.admin, &s.audit, s.upstream.addr, &key_block("a", KEY_A), "30s")
-        .replace("[server]\n", "[server]\nenvironment = \"production\"\n");
+    let production =
+        config(s.gw.addr, s.admin, &s.audit, s.upstream.addr, &key_block("a", KEY_A), "shutdown_grace = \"30s\"")
+            .replace("[server]\n", "[server]\nenvironment = \"production\"\n");
     std::fs::write(s.gw.config_path(), production).unwrap();
     s.gw.signal("HUP");
     wait_metric(s.admin, r#"portcullis_config_reloads_total{result="failure"}"#, "1").await;
@@ -291,7 +357,7 @@ async fn production_checks_apply_to_a_reload() {
 
 #[tokio::test]
 async fn a_reload_reopens_log_files_rotated_away() {
-    let s = start(&key_block("a", KEY_A), "30s").await;
+    let s = start(&key_block("a", KEY_A), "shutdown_grace = \"30s\"").await;
     assert_eq!(status(&s.gw, "/x", KEY_B).await, 401);
     audit_event(&s.audit, "auth_failure").await;
     // logrotate's default: move the file away, then ask for a reload.

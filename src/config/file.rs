@@ -53,6 +53,18 @@ pub struct ServerSection {
     pub request_id_header: Option<String>,
     /// How long in-flight requests may finish on stop, e.g. `"30s"`.
     pub shutdown_grace: Option<String>,
+    /// How long to keep serving after `SIGTERM` before draining, e.g. `"5s"`.
+    pub shutdown_delay: Option<String>,
+    /// How long a whole request head may take to arrive, e.g. `"10s"`.
+    pub header_timeout: Option<String>,
+    /// How long a keep-alive connection may wait for its next request, e.g. `"60s"`.
+    pub idle_timeout: Option<String>,
+    /// The largest request head, e.g. `"32KiB"`.
+    pub max_header_size: Option<String>,
+    /// Client connections open at once in this process.
+    pub max_connections: Option<usize>,
+    /// Client connections open at once from one client address.
+    pub max_connections_per_client: Option<usize>,
     /// Worker threads per listener group (default: the number of cores).
     pub threads: Option<usize>,
     /// Idle upstream connections kept for reuse, across all upstreams.

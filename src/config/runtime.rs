@@ -20,6 +20,7 @@ use super::file::{FileConfig, HealthCheckSection, RouteSection, UpstreamSection}
 use super::tls::build_listener_tls;
 use super::units::{parse_duration, parse_size};
 use super::{ConfigErrors, Problems, Sources};
+use crate::connection::ConnectionLimits;
 use crate::logs::Destination;
 use crate::pipeline::auth::{AcceptedCredentials, Authenticator};
 use crate::pipeline::client::TrustedProxies;
@@ -38,6 +39,25 @@ pub const DEFAULT_MAX_BODY_SIZE: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_REQUEST_ID_HEADER: &str = "x-request-id";
 /// `server.shutdown_grace` when unset.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `server.shutdown_delay` when unset: drain at once (set it to the time your load balancer
+/// takes to stop sending new connections once `/readyz` fails).
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
+/// `server.header_timeout` when unset: a whole request head within 10 s (nginx's
+/// `client_header_timeout` is 60 s; a real client sends its head in one packet).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `server.idle_timeout` when unset: how long a keep-alive connection waits for its next request.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `server.max_header_size` when unset: nginx's default total (4 × 8k buffers); Envoy's is 60 KiB.
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 * 1024;
+/// `server.max_connections` when unset, per process.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// `server.max_connections_per_client` when unset: well above a browser's 6 per host, even for
+/// an office behind one address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+/// The longest `header_timeout` and `idle_timeout` accepted.
+pub const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The largest `max_header_size`: Pingora's parser refuses heads past 1 MiB anyway.
+pub const MAX_HEADER_SIZE_LIMIT: u64 = 1024 * 1024;
 /// `server.upstream_keepalive_pool_size` when unset. Pingora's own default (128) causes
 /// reconnect storms once more than 128 connections are busy.
 pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
@@ -115,6 +135,10 @@ pub struct ProcessSettings {
     pub upstream_keepalive_pool_size: usize,
     /// How long in-flight requests may finish on stop.
     pub shutdown_grace: Duration,
+    /// How long to keep serving after `SIGTERM`, before draining.
+    pub shutdown_delay: Duration,
+    /// What bounds a client connection before its requests reach the pipeline.
+    pub connections: ConnectionLimits,
     /// The listeners.
     pub listeners: Vec<Listener>,
     /// Log filter (`info`, `debug`, ...).
@@ -229,6 +253,19 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
     }
     let shutdown_grace =
         duration(&mut p, "server.shutdown_grace", server.shutdown_grace.as_deref(), DEFAULT_SHUTDOWN_GRACE);
+    let shutdown_delay = match server.shutdown_delay.as_deref().map(parse_duration) {
+        None => DEFAULT_SHUTDOWN_DELAY,
+        Some(Ok(d)) if d <= MAX_CONNECTION_TIMEOUT => d,
+        Some(Ok(_)) => {
+            p.push("server.shutdown_delay", "is more than 1h", "give the time your load balancer needs, e.g. \"5s\"");
+            DEFAULT_SHUTDOWN_DELAY
+        }
+        Some(Err(e)) => {
+            p.push("server.shutdown_delay", e, "give a duration such as \"0s\" or \"5s\"");
+            DEFAULT_SHUTDOWN_DELAY
+        }
+    };
+    let connections = build_connection_limits(server, &mut p);
     let threads = match server.threads {
         Some(0) => {
             p.push("server.threads", "is 0", "give at least 1, or remove it to use one thread per core");
@@ -305,6 +342,8 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
         threads,
         upstream_keepalive_pool_size,
         shutdown_grace,
+        shutdown_delay,
+        connections,
         listeners,
         log_level,
         admin,
@@ -313,6 +352,65 @@ pub fn build(file: &FileConfig, sources: &Sources, files: Vec<PathBuf>) -> Resul
         upgrade_socket: PathBuf::from(server.upgrade_socket.as_deref().unwrap_or(DEFAULT_UPGRADE_SOCKET)),
     };
     p.finish(Config { files, process, runtime: Arc::new(runtime) })
+}
+
+/// `header_timeout`, `idle_timeout`, `max_header_size`, `max_connections`,
+/// `max_connections_per_client`.
+fn build_connection_limits(server: &super::file::ServerSection, p: &mut Problems<'_>) -> ConnectionLimits {
+    let mut timeout = |key: &str, value: Option<&str>, default: Duration| {
+        let d = duration(p, key, value, default);
+        if d > MAX_CONNECTION_TIMEOUT {
+            p.push(key, "is more than 1h", "give a duration such as \"10s\"");
+            return default;
+        }
+        if d < Duration::from_secs(1) {
+            p.push(key, "is less than 1s, which real clients on slow networks cannot meet", "give at least \"1s\"");
+            return default;
+        }
+        d
+    };
+    let header_timeout = timeout("server.header_timeout", server.header_timeout.as_deref(), DEFAULT_HEADER_TIMEOUT);
+    let idle_timeout = timeout("server.idle_timeout", server.idle_timeout.as_deref(), DEFAULT_CLIENT_IDLE_TIMEOUT);
+    let max_header_size = match server.max_header_size.as_deref().map(parse_size) {
+        None => DEFAULT_MAX_HEADER_SIZE,
+        Some(Ok(n)) if (1024..=MAX_HEADER_SIZE_LIMIT).contains(&n) => n,
+        Some(Ok(_)) => {
+            p.push("server.max_header_size", "is outside 1KiB to 1MiB", "give a size such as \"32KiB\"");
+            DEFAULT_MAX_HEADER_SIZE
+        }
+        Some(Err(e)) => {
+            p.push("server.max_header_size", e, "give a size such as \"32KiB\"");
+            DEFAULT_MAX_HEADER_SIZE
+        }
+    };
+    let mut count = |key: &str, value: Option<usize>, default: usize| match value {
+        Some(0) => {
+            p.push(key, "is 0, which refuses every connection", "give at least 1, or remove it for the default");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    let max_connections = count("server.max_connections", server.max_connections, DEFAULT_MAX_CONNECTIONS);
+    let max_connections_per_client = count(
+        "server.max_connections_per_client",
+        server.max_connections_per_client,
+        DEFAULT_MAX_CONNECTIONS_PER_CLIENT.min(max_connections),
+    );
+    if max_connections_per_client > max_connections {
+        p.push(
+            "server.max_connections_per_client",
+            format!("is more than server.max_connections ({max_connections})"),
+            "keep it at or below max_connections",
+        );
+    }
+    ConnectionLimits {
+        header_timeout,
+        idle_timeout,
+        max_header_size: usize::try_from(max_header_size).unwrap_or(usize::MAX),
+        max_connections,
+        max_connections_per_client,
+    }
 }
 
 /// `[admin] address`: loopback port 9100 by default, never a public listener's address.

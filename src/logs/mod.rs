@@ -82,6 +82,8 @@ impl Destination {
 pub struct LogSink {
     tx: SyncSender<Vec<u8>>,
     queued_bytes: Arc<AtomicUsize>,
+    /// Lines queued and not yet written (or dropped by a failed write).
+    unwritten: Arc<AtomicUsize>,
     /// Asks the writer to open its file again (after logrotate moved it).
     reopen: Arc<AtomicBool>,
     queue_full: IntCounter,
@@ -108,13 +110,23 @@ impl LogSink {
     pub fn to_writer(name: &'static str, out: Box<dyn Write + Send>, path: Option<PathBuf>) -> io::Result<LogSink> {
         let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let unwritten = Arc::new(AtomicUsize::new(0));
         let reopen = Arc::new(AtomicBool::new(false));
         let write_error = METRICS.log_lines_dropped.with_label_values(&[name, "write_error"]);
-        let writer = Writer { name, out, path, reopen: reopen.clone(), queued: queued_bytes.clone(), write_error };
+        let writer = Writer {
+            name,
+            out,
+            path,
+            reopen: reopen.clone(),
+            queued: queued_bytes.clone(),
+            unwritten: unwritten.clone(),
+            write_error,
+        };
         std::thread::Builder::new().name(format!("{name}-log")).spawn(move || writer.drain(rx))?;
         Ok(LogSink {
             tx,
             queued_bytes,
+            unwritten,
             reopen,
             queue_full: METRICS.log_lines_dropped.with_label_values(&[name, "queue_full"]),
             closed: METRICS.log_lines_dropped.with_label_values(&[name, "write_error"]),
@@ -134,13 +146,24 @@ impl LogSink {
             self.queue_full.inc();
             return;
         }
+        self.unwritten.fetch_add(1, Ordering::Relaxed);
         let dropped = match self.tx.try_send(line) {
             Ok(()) => return,
             Err(TrySendError::Full(_)) => &self.queue_full,
             Err(TrySendError::Disconnected(_)) => &self.closed,
         };
         self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        self.unwritten.fetch_sub(1, Ordering::Relaxed);
         dropped.inc();
+    }
+
+    /// Waits, at most `timeout`, until every line queued so far is written: the process is
+    /// about to exit.
+    pub fn flush(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.unwritten.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Opens the log file again before the next write (a reload does this, so logrotate's
@@ -161,13 +184,14 @@ struct Writer {
     path: Option<PathBuf>,
     reopen: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
+    unwritten: Arc<AtomicUsize>,
     write_error: IntCounter,
 }
 
 impl Writer {
     fn drain(self, rx: Receiver<Vec<u8>>) {
-        let Writer { name, out, path, reopen, queued, write_error } = self;
-        drain(name, rx, out, &queued, write_error, || {
+        let Writer { name, out, path, reopen, queued, unwritten, write_error } = self;
+        drain(name, rx, out, (&queued, &unwritten), write_error, || {
             if !reopen.swap(false, Ordering::AcqRel) {
                 return None;
             }
@@ -193,7 +217,7 @@ fn drain(
     name: &'static str,
     rx: Receiver<Vec<u8>>,
     mut out: Box<dyn Write + Send>,
-    queued_bytes: &AtomicUsize,
+    (queued_bytes, unwritten): (&AtomicUsize, &AtomicUsize),
     write_error: IntCounter,
     mut reopened: impl FnMut() -> Option<Box<dyn Write + Send>>,
 ) {
@@ -236,6 +260,7 @@ fn drain(
                 tracing::warn!(log = name, %error, "cannot write the log; lines are dropped and counted in portcullis_log_lines_dropped_total");
             }
         }
+        unwritten.fetch_sub(lines as usize, Ordering::Release);
     }
 }
 
@@ -249,6 +274,13 @@ pub struct Logs {
 }
 
 impl Logs {
+    /// Waits, at most `timeout` for each, until both logs have written what was queued.
+    pub fn flush(&self, timeout: Duration) {
+        for sink in [&self.access, &self.audit].into_iter().flatten() {
+            sink.flush(timeout);
+        }
+    }
+
     /// Opens both log files again (see [`LogSink::reopen`]).
     pub fn reopen(&self) {
         for sink in [&self.access, &self.audit].into_iter().flatten() {

@@ -1,0 +1,806 @@
+//! Client connections, before the request pipeline: admission, the request head, idleness.
+//!
+//! Pingora reads a request head itself, as slowly as the client sends it, with its request
+//! machinery allocated from the moment it starts waiting (about 25 KiB a connection, and its
+//! default 64 KiB read buffer on top). A client that trickled a head, or opened connections
+//! and sent nothing, held that memory for as long as it liked. So each connection is served
+//! here first:
+//!
+//! 1. **Admission.** Past `server.max_connections` open in this process, or
+//!    `server.max_connections_per_client` from one client address (IPv6 by /64, as rate limits
+//!    count; trusted proxies are exempt, since every client behind them shares their address),
+//!    a new connection is closed at once and counted in `portcullis_connections_rejected_total`.
+//! 2. **The request head** is read into a buffer of this module's, until a blank line ends it:
+//!    it must be complete within `server.header_timeout` of the connection's start (the first
+//!    request) or of its first byte (later ones), else 408 and close; past
+//!    `server.max_header_size`, 431 and close. A keep-alive connection without a byte for
+//!    `server.idle_timeout` is closed quietly, and so is one idle when the gateway stops.
+//! 3. **Then Pingora** gets the connection and reads the head from that buffer: its parser does
+//!    the parsing, this module only finds where the head ends ([`head_end`]).
+//!
+//! An HTTP/2 connection (ALPN `h2`, or the h2c preface on a listener with `h2c`) must send its
+//! 24-byte preface within `header_timeout`; then Pingora's HTTP/2 server takes it, and closes
+//! it once no stream has been open for `idle_timeout`.
+//!
+//! The TLS handshake happens before any of this, in Pingora's accept loop, bounded by its own
+//! fixed 60 s; a connection is admitted once it is through.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use http::HeaderValue;
+use once_cell::sync::Lazy;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest,
+    UniqueID, UniqueIDType, ALPN,
+};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use prometheus::{IntCounter, IntGauge};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::Notify;
+
+use crate::error::GatewayError;
+use crate::gateway::{Gateway, SharedRuntime};
+use crate::metrics::METRICS;
+use crate::pipeline::client::canonical;
+
+/// What bounds a client connection before its requests reach the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// `server.header_timeout`: a whole request head must arrive within this.
+    pub header_timeout: Duration,
+    /// `server.idle_timeout`: a keep-alive connection may wait this long for its next request.
+    pub idle_timeout: Duration,
+    /// `server.max_header_size`: the largest request head, in bytes.
+    pub max_header_size: usize,
+    /// `server.max_connections`: client connections open in this process.
+    pub max_connections: usize,
+    /// `server.max_connections_per_client`: open connections from one client address.
+    pub max_connections_per_client: usize,
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The buffer a request head is first read into: most heads, a bearer token included, fit.
+const HEAD_BUFFER: usize = 2048;
+
+// Timeouts here are tokio's, not Pingora's faster shared ones: a Pingora timer outlives the
+// future that armed it until its deadline, and those left by closed idle connections kept the
+// allocator from handing their pages back (measured: 90 MiB held for `idle_timeout` after
+// 10,000 keep-alive connections closed).
+
+/// How long a 408 or 431 answer may take to write before the connection is dropped anyway.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a connection was closed before a request was served: the `reason` label of
+/// `portcullis_connections_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Over `server.max_connections`.
+    MaxConnections,
+    /// Over `server.max_connections_per_client`.
+    MaxConnectionsPerClient,
+    /// A request head slower than `server.header_timeout` (408).
+    HeaderTimeout,
+    /// A request head over `server.max_header_size` (431).
+    HeaderTooLarge,
+}
+
+impl Rejection {
+    /// Every reason, for the metric's zero values.
+    pub const ALL: [Rejection; 4] = [
+        Rejection::MaxConnections,
+        Rejection::MaxConnectionsPerClient,
+        Rejection::HeaderTimeout,
+        Rejection::HeaderTooLarge,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::MaxConnections => "max_connections",
+            Rejection::MaxConnectionsPerClient => "max_connections_per_client",
+            Rejection::HeaderTimeout => "header_timeout",
+            Rejection::HeaderTooLarge => "header_too_large",
+        }
+    }
+
+    fn count(self) {
+        METRICS.connections_rejected.with_label_values(&[self.label()]).inc();
+    }
+}
+
+/// Shards of the per-client counts: one short lock per connection, spread over these.
+const CLIENT_SHARDS: usize = 16;
+
+/// The client connections open in this process: in total, and per client address.
+pub struct OpenConnections {
+    total: AtomicUsize,
+    per_client: [Mutex<HashMap<IpAddr, usize>>; CLIENT_SHARDS],
+    /// Woken when the last connection closes.
+    none_left: Notify,
+}
+
+/// The process-wide counts: connections of every listener share the limits.
+pub static OPEN: Lazy<OpenConnections> = Lazy::new(|| OpenConnections {
+    total: AtomicUsize::new(0),
+    per_client: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+    none_left: Notify::new(),
+});
+
+impl OpenConnections {
+    /// Client connections open now.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+
+    /// Returns once no client connection is open (at once if none is).
+    pub async fn none_left(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.total() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Counts a new connection from `client` (`None`: not counted per client), or refuses it.
+    fn admit(&'static self, client: Option<IpAddr>, limits: &ConnectionLimits) -> Result<Admitted, Rejection> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+            self.release_total();
+            return Err(Rejection::MaxConnections);
+        }
+        if let Some(ip) = client {
+            let mut shard = self.shard(ip);
+            let count = shard.entry(ip).or_insert(0);
+            if *count >= limits.max_connections_per_client {
+                drop(shard);
+                self.release_total();
+                return Err(Rejection::MaxConnectionsPerClient);
+            }
+            *count += 1;
+        }
+        Ok(Admitted { open: self, client })
+    }
+
+    fn shard(&self, ip: IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        let index = match ip {
+            IpAddr::V4(v4) => v4.octets().iter().fold(0usize, |h, &b| h.wrapping_mul(31).wrapping_add(b.into())),
+            IpAddr::V6(v6) => v6.octets().iter().fold(0usize, |h, &b| h.wrapping_mul(31).wrapping_add(b.into())),
+        } % CLIENT_SHARDS;
+        // A poisoned shard only means another thread panicked mid-update of a counter.
+        self.per_client[index].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn release_total(&self) {
+        if self.total.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.none_left.notify_waiters();
+        }
+    }
+}
+
+/// One admitted connection, counted until dropped.
+struct Admitted {
+    open: &'static OpenConnections,
+    client: Option<IpAddr>,
+}
+
+thread_local! {
+    /// Whether this worker thread already has a [`schedule_purge`] task waiting.
+    static PURGE_PENDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// How long after a connection closes its thread makes the allocator look again: mimalloc
+/// hands freed pages back to the system once they have been free for its purge delay (1 s), at
+/// the thread's next page allocation or free. A gateway that goes quiet after many clients
+/// left (10,000 keep-alive connections closing at once: 90 MiB) would otherwise keep them
+/// until its next burst of traffic.
+const PURGE_AFTER: Duration = Duration::from_millis(1100);
+
+/// A fresh allocator page, allocated and freed at once: the allocator call that runs the purge.
+const PURGE_PROBE: usize = 8 << 20;
+
+/// Once per [`PURGE_AFTER`] on a thread whose connections close: allocates and frees one large
+/// block, never touched, so the allocator purges what the closed connections freed.
+fn schedule_purge() {
+    if PURGE_PENDING.with(|pending| pending.replace(true)) {
+        return;
+    }
+    // Pingora's workers are one runtime per thread: the task runs on this thread's heap.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        PURGE_PENDING.with(|pending| pending.set(false));
+        return;
+    };
+    runtime.spawn(async {
+        tokio::time::sleep(PURGE_AFTER).await;
+        drop(std::hint::black_box(Vec::<u8>::with_capacity(PURGE_PROBE)));
+        PURGE_PENDING.with(|pending| pending.set(false));
+    });
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        schedule_purge();
+        if let Some(ip) = self.client {
+            let mut shard = self.open.shard(ip);
+            if let Some(count) = shard.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    shard.remove(&ip);
+                }
+            }
+        }
+        self.open.release_total();
+    }
+}
+
+/// The address a client's connections are counted under: IPv4 as is, IPv6 by its /64 (one
+/// subscriber holds a whole /64, and could otherwise open connections from each address).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
+/// A client connection, with the bytes read ahead of Pingora: they are served to Pingora's
+/// reads before the socket's.
+#[derive(Debug)]
+pub struct ClientStream {
+    inner: Stream,
+    read_ahead: BytesMut,
+}
+
+/// How waiting for a request head ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    /// The buffer holds a whole head.
+    Complete,
+    /// The client closed, broke the connection, stayed idle past `idle_timeout`, or was idle
+    /// when the gateway began to stop.
+    Closed,
+    /// Not complete within `header_timeout`.
+    TimedOut,
+    /// Larger than `max_header_size`.
+    TooLarge,
+}
+
+impl ClientStream {
+    /// Wraps a connection Pingora accepted.
+    pub fn new(inner: Stream) -> Self {
+        ClientStream { inner, read_ahead: BytesMut::new() }
+    }
+
+    /// Reads more of the client's bytes into the read-ahead buffer; 0 at the end.
+    async fn read_more(&mut self, at_most: usize) -> std::io::Result<usize> {
+        let room = if self.read_ahead.is_empty() { HEAD_BUFFER } else { self.read_ahead.len() };
+        self.read_ahead.reserve(room.min(at_most.saturating_sub(self.read_ahead.len())).max(1));
+        self.inner.read_buf(&mut self.read_ahead).await
+    }
+
+    /// Waits until the buffer holds a whole request head.
+    ///
+    /// `deadline`: when it must be complete (a new connection's first request). `None`: the
+    /// connection is idle between requests: it may wait `idle_timeout` for a first byte (and is
+    /// closed if the gateway stops meanwhile), then has `header_timeout` from that byte.
+    async fn read_head(
+        &mut self,
+        limits: &ConnectionLimits,
+        mut deadline: Option<Instant>,
+        shutdown: &mut ShutdownWatch,
+    ) -> Head {
+        let mut scanned = 0;
+        loop {
+            if head_end(&self.read_ahead, &mut scanned).is_some() {
+                return Head::Complete;
+            }
+            if self.read_ahead.len() >= limits.max_header_size {
+                return Head::TooLarge;
+            }
+            let at_most = limits.max_header_size + 1;
+            let read = match deadline {
+                // Bytes of this head arrived: the clock started with the first of them.
+                None if !self.read_ahead.is_empty() => {
+                    let at = Instant::now() + limits.header_timeout;
+                    deadline = Some(at);
+                    Self::until(at, self.read_more(at_most)).await
+                }
+                Some(at) => Self::until(at, self.read_more(at_most)).await,
+                None => {
+                    let idle = tokio::time::timeout(limits.idle_timeout, self.read_more(at_most));
+                    tokio::select! {
+                        biased;
+                        read = idle => read.ok(),
+                        () = stopping(shutdown) => return Head::Closed,
+                    }
+                    .ok_or(Head::Closed)
+                }
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
+                Ok(Ok(_)) => {}
+                Err(ended) => return ended,
+            }
+        }
+    }
+
+    /// `read` if it completes by `at`, else `Err(Head::TimedOut)`.
+    async fn until<T>(at: Instant, read: impl std::future::Future<Output = T>) -> Result<T, Head> {
+        tokio::time::timeout_at(at.into(), read).await.map_err(|_| Head::TimedOut)
+    }
+
+    /// For a listener that also speaks h2c: reads until the first bytes are, or cannot be, the
+    /// HTTP/2 preface. `None` when the client closed or was too slow.
+    async fn sniff_preface(&mut self, deadline: Instant) -> Option<bool> {
+        loop {
+            let have = self.read_ahead.len().min(H2_PREFACE.len());
+            if self.read_ahead[..have] != H2_PREFACE[..have] {
+                return Some(false);
+            }
+            if have == H2_PREFACE.len() {
+                return Some(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.read_more(H2_PREFACE.len())).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Answers a connection whose head was refused (408, 431) and closes it; nothing waits on
+    /// a client that does not read.
+    async fn refuse(
+        mut self: Box<Self>,
+        error: GatewayError,
+        request_id: (&http::HeaderName, HeaderValue),
+        hsts: Option<&HeaderValue>,
+    ) {
+        let Ok((mut resp, body)) = error.to_response(request_id.0, &request_id.1) else { return };
+        if let Some(hsts) = hsts {
+            let _ = resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+        let _ = resp.insert_header(http::header::CONNECTION, HeaderValue::from_static("close"));
+        let mut wire = Vec::with_capacity(256 + body.len());
+        let reason = resp.status.canonical_reason().unwrap_or("");
+        wire.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", resp.status.as_u16()).as_bytes());
+        resp.header_to_h1_wire(&mut wire);
+        wire.extend_from_slice(b"\r\n");
+        wire.extend_from_slice(&body);
+        let written = async {
+            self.inner.write_all(&wire).await?;
+            self.inner.flush().await
+        };
+        let _ = tokio::time::timeout(ANSWER_TIMEOUT, written).await;
+        let _ = tokio::time::timeout(ANSWER_TIMEOUT, Shutdown::shutdown(&mut *self.inner)).await;
+    }
+}
+
+/// Returns once the gateway has begun to stop.
+async fn stopping(shutdown: &mut ShutdownWatch) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Where the request head in `buf` ends, as Pingora's parser (httparse) frames one: empty lines
+/// before the request line are skipped, and the head ends at the first line ending followed by
+/// an empty line (`\n\r\n` or `\n\n`). `scanned` carries how far earlier calls looked, so a
+/// head arriving in pieces is scanned once.
+fn head_end(buf: &[u8], scanned: &mut usize) -> Option<usize> {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let from = (*scanned).max(start);
+    for i in memchr::memchr_iter(b'\n', &buf[from..]).map(|i| from + i) {
+        match &buf[i + 1..] {
+            [b'\n', ..] => return Some(i + 2),
+            [b'\r', b'\n', ..] => return Some(i + 3),
+            // The line ending may still be on its way: look at this `\n` again next time.
+            [] | [b'\r'] => {
+                *scanned = i;
+                return None;
+            }
+            _ => {}
+        }
+    }
+    *scanned = buf.len();
+    None
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.read_ahead.is_empty() {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let n = this.read_ahead.len().min(buf.remaining());
+        buf.put_slice(&this.read_ahead[..n]);
+        // Once all is read, the next head reuses the buffer from its start.
+        this.read_ahead.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for ClientStream {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await;
+    }
+}
+
+impl UniqueID for ClientStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for ClientStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for ClientStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for ClientStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for ClientStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for ClientStream {
+    /// Pingora peeks for the h2c preface; the bytes are in the read-ahead buffer by then.
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        while self.read_ahead.len() < buf.len() {
+            if self.read_more(buf.len()).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        buf.copy_from_slice(&self.read_ahead[..buf.len()]);
+        Ok(true)
+    }
+}
+
+/// The proxy as served on one group of listeners: each connection is admitted and its request
+/// heads read here, then handed to Pingora's HTTP server.
+pub struct ClientConnections {
+    proxy: Arc<HttpProxy<Gateway>>,
+    runtime: SharedRuntime,
+    limits: ConnectionLimits,
+    /// `idle_timeout` in Pingora's unit, whole seconds (at least 1).
+    idle_seconds: u64,
+    /// Whether these listeners accept HTTP/2 with prior knowledge.
+    h2c: bool,
+    /// `Strict-Transport-Security` of these listeners, for the answers written here.
+    hsts: Option<HeaderValue>,
+    active: IntGauge,
+    accepted: IntCounter,
+}
+
+impl ClientConnections {
+    /// The connections of the listeners at `addresses`, served by `proxy`.
+    pub fn new(
+        proxy: HttpProxy<Gateway>,
+        runtime: SharedRuntime,
+        limits: ConnectionLimits,
+        hsts: Option<HeaderValue>,
+        addresses: &[String],
+    ) -> Self {
+        let label = addresses.join(",");
+        for reason in Rejection::ALL {
+            METRICS.connections_rejected.with_label_values(&[reason.label()]).inc_by(0);
+        }
+        let h2c = proxy.server_options.as_ref().is_some_and(|o| o.h2c);
+        ClientConnections {
+            proxy: Arc::new(proxy),
+            runtime,
+            idle_seconds: limits.idle_timeout.as_secs().max(1),
+            limits,
+            h2c,
+            hsts,
+            active: METRICS.connections_active.with_label_values(&[&label]),
+            accepted: METRICS.connections.with_label_values(&[&label]),
+        }
+    }
+
+    /// Counts the connection, or refuses it over a limit.
+    fn admit(&self, stream: &Stream) -> Result<Admitted, Rejection> {
+        let peer = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // Behind a trusted proxy every client shares the proxy's address.
+        let client = peer.filter(|ip| !self.runtime.load().trusted_proxies.contains(*ip)).map(client_key);
+        OPEN.admit(client, &self.limits)
+    }
+
+    /// Serves HTTP/1.x requests on `conn` until it closes: each head is read here, then the
+    /// request goes to Pingora.
+    async fn serve_http1(self: &Arc<Self>, mut conn: Box<ClientStream>, first_by: Instant, shutdown: &ShutdownWatch) {
+        let mut watch = shutdown.clone();
+        let mut deadline = Some(first_by);
+        let mut persistent = None;
+        loop {
+            match conn.read_head(&self.limits, deadline, &mut watch).await {
+                Head::Complete => {}
+                Head::Closed => return,
+                Head::TimedOut if conn.read_ahead.is_empty() => return,
+                Head::TimedOut => {
+                    Rejection::HeaderTimeout.count();
+                    return self.refuse(conn, GatewayError::RequestTimeout).await;
+                }
+                Head::TooLarge => {
+                    Rejection::HeaderTooLarge.count();
+                    let limit = self.limits.max_header_size as u64;
+                    return self.refuse(conn, GatewayError::HeaderTooLarge { limit }).await;
+                }
+            }
+            let mut session = ServerSession::new_http1(conn);
+            if let Some(settings) = persistent.take() {
+                pingora::apps::HttpPersistentSettings::apply_to_session(settings, &mut session);
+            }
+            session.set_keepalive(Some(self.idle_seconds));
+            let Some(reused) = self.proxy.process_new_http(session, shutdown).await else { return };
+            let (stream, settings) = reused.consume();
+            conn = match stream.into_any().downcast::<ClientStream>() {
+                Ok(conn) => conn,
+                Err(_) => return,
+            };
+            persistent = settings;
+            deadline = None;
+        }
+    }
+
+    async fn refuse(&self, conn: Box<ClientStream>, error: GatewayError) {
+        let header = self.runtime.load().request_id_header.clone();
+        let id = crate::pipeline::request_id::generate();
+        tracing::debug!(error = error.code(), request_id = ?id, "request head refused");
+        conn.refuse(error, (&header, id), self.hsts.as_ref()).await;
+    }
+}
+
+#[async_trait]
+impl ServerApp for ClientConnections {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let first_by = Instant::now() + self.limits.header_timeout;
+        let _admitted = match self.admit(&stream) {
+            Ok(admitted) => admitted,
+            Err(rejection) => {
+                rejection.count();
+                return None;
+            }
+        };
+        struct Active<'a>(&'a IntGauge);
+        impl Drop for Active<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.accepted.inc();
+        self.active.inc();
+        let _active = Active(&self.active);
+
+        let mut conn = Box::new(ClientStream::new(stream));
+        let h2 = match conn.selected_alpn_proto() {
+            Some(ALPN::H2) => true,
+            _ if self.h2c => conn.sniff_preface(first_by).await?,
+            _ => false,
+        };
+        if !h2 {
+            self.serve_http1(conn, first_by, shutdown).await;
+            return None;
+        }
+        // The preface first, within header_timeout; then Pingora's HTTP/2 server.
+        while conn.read_ahead.len() < H2_PREFACE.len() {
+            let left = first_by.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, conn.read_more(H2_PREFACE.len())).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+        self.proxy.process_new(conn, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_end_where_httparse_ends_them() {
+        let end = |text: &[u8]| head_end(text, &mut 0);
+        assert_eq!(end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Some(27));
+        assert_eq!(end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), Some(27));
+        assert_eq!(end(b"GET / HTTP/1.1\nHost: a\n\n"), Some(24));
+        assert_eq!(end(b"GET / HTTP/1.1\r\n\r\n"), Some(18));
+        assert_eq!(end(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Some(22), "leading empty lines are skipped");
+        for partial in [&b""[..], b"\r\n\r\n", b"GET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\nHost: a\r\n\r", b"GET /\n"] {
+            assert_eq!(end(partial), None, "{:?}", String::from_utf8_lossy(partial));
+        }
+        // Every way of splitting a head finds the same end.
+        let head = b"\r\nGET /x HTTP/1.1\r\nHost: a\r\nX-A: b\r\n\r\nrest";
+        for cut in 0..head.len() {
+            let mut scanned = 0;
+            let first = head_end(&head[..cut], &mut scanned);
+            let found = first.or_else(|| head_end(head, &mut scanned));
+            assert_eq!(found, Some(head.len() - 4), "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(other));
+        assert_eq!(client_key("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn limits_are_counted_and_released() {
+        static COUNTS: Lazy<OpenConnections> = Lazy::new(|| OpenConnections {
+            total: AtomicUsize::new(0),
+            per_client: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            none_left: Notify::new(),
+        });
+        let limits = ConnectionLimits {
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_header_size: 1024,
+            max_connections: 3,
+            max_connections_per_client: 2,
+        };
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let first = COUNTS.admit(Some(a), &limits).unwrap();
+        let second = COUNTS.admit(Some(a), &limits).unwrap();
+        assert_eq!(COUNTS.admit(Some(a), &limits).err(), Some(Rejection::MaxConnectionsPerClient));
+        let third = COUNTS.admit(Some(b), &limits).unwrap();
+        assert_eq!(COUNTS.admit(None, &limits).err(), Some(Rejection::MaxConnections));
+        assert_eq!(COUNTS.total(), 3);
+        drop(first);
+        let again = COUNTS.admit(Some(a), &limits).unwrap();
+        drop((second, third, again));
+        assert_eq!(COUNTS.total(), 0);
+        assert!(COUNTS.per_client.iter().all(|s| s.lock().unwrap().is_empty()), "no address is kept once gone");
+    }
+
+    #[tokio::test]
+    async fn a_head_is_buffered_for_pingora_and_timeouts_apply() {
+        use tokio::io::AsyncWriteExt as _;
+        let limits = ConnectionLimits {
+            header_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(300),
+            max_header_size: 64,
+            max_connections: 10,
+            max_connections_per_client: 10,
+        };
+        let (_stop, mut shutdown) = tokio::sync::watch::channel(false);
+        let conn = |client: tokio::io::DuplexStream| ClientStream::new(Box::new(client));
+
+        // A head in two pieces: complete, and read back byte for byte with what followed it.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut stream = conn(server);
+        client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(b"st: a\r\n\r\nbody").await.unwrap();
+            client
+        });
+        let deadline = Some(Instant::now() + limits.header_timeout);
+        assert_eq!(stream.read_head(&limits, deadline, &mut shutdown).await, Head::Complete);
+        let _client = writer.await.unwrap();
+        let mut seen = vec![0u8; 31];
+        stream.read_exact(&mut seen).await.unwrap();
+        assert_eq!(seen, b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody");
+
+        // A head that never ends: timed out at the deadline.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut stream = conn(server);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let started = Instant::now();
+        let deadline = Some(started + limits.header_timeout);
+        assert_eq!(stream.read_head(&limits, deadline, &mut shutdown).await, Head::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(190));
+
+        // Too large.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut stream = conn(server);
+        client.write_all(&[b'a'; 100]).await.unwrap();
+        assert_eq!(
+            stream.read_head(&limits, Some(Instant::now() + limits.header_timeout), &mut shutdown).await,
+            Head::TooLarge
+        );
+
+        // Idle: closed after idle_timeout; at once when the gateway stops.
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut stream = conn(server);
+        assert_eq!(stream.read_head(&limits, None, &mut shutdown).await, Head::Closed);
+        let (stop, mut stopping) = tokio::sync::watch::channel(false);
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut stream = conn(server);
+        stop.send(true).unwrap();
+        let started = Instant::now();
+        assert_eq!(stream.read_head(&limits, None, &mut stopping).await, Head::Closed);
+        assert!(started.elapsed() < Duration::from_millis(100));
+    }
+}

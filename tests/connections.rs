@@ -1,0 +1,187 @@
+//! Client connections before the pipeline: a request head slower than `header_timeout` gets
+//! 408 and is closed while other clients keep being served, idle connections are closed, heads
+//! over `max_header_size` get 431, and connections past `max_connections` or
+//! `max_connections_per_client` are closed at accept, each counted.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{assert_error, free_addr, read_response, send, wait_listening, Gateway, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn start(server: &str, listener: &str) -> (Gateway, Upstream, SocketAddr) {
+    let upstream = Upstream::start("api").await;
+    let admin = free_addr();
+    let config = format!(
+        r#"
+[server]
+allowed_hosts = ["localhost"]
+{server}
+
+[admin]
+address = "{admin}"
+
+[[upstream]]
+name = "api"
+targets = ["{addr}"]
+
+[[route]]
+path = "/"
+upstream = "api"
+auth = "none"
+"#,
+        addr = upstream.addr,
+    );
+    let gw = Gateway::start_with(&config, listener).await;
+    wait_listening(admin).await;
+    (gw, upstream, admin)
+}
+
+/// Reads until the peer closes (or 5 s pass): what the gateway sent before closing.
+async fn until_closed(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut all = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all)).await {
+        Ok(_) => Some(all),
+        Err(_) => None,
+    }
+}
+
+async fn rejected(admin: SocketAddr, reason: &str) -> u64 {
+    let scrape = String::from_utf8(send(admin, "GET", "/metrics", &[]).await.body).unwrap();
+    let series = format!("portcullis_connections_rejected_total{{reason=\"{reason}\"}} ");
+    scrape.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_slow_request_head_gets_408_while_other_clients_are_served() {
+    let (gw, upstream, admin) = start("header_timeout = \"1s\"", "").await;
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+    let started = Instant::now();
+    // Meanwhile a normal client keeps working, and the slow one trickles header lines.
+    let mut served = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(send(gw.addr, "GET", "/fast", &[]).await.status, 200);
+        served += 1;
+        let _ = slow.write_all(b"X-More: 1\r\n").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = until_closed(&mut slow).await.expect("the slow connection was closed");
+    let closed_after = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    let body: serde_json::Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "REQUEST_TIMEOUT");
+    assert!(body["error"]["request_id"].as_str().is_some_and(|id| id.len() == 36), "{body}");
+    assert!(closed_after >= Duration::from_millis(950), "closed after {closed_after:?}");
+    assert!(served >= 10, "{served}");
+    assert_eq!(upstream.hits(), served, "the slow request never reached the upstream");
+    assert_eq!(rejected(admin, "header_timeout").await, 1);
+}
+
+#[tokio::test]
+async fn connections_that_send_nothing_and_idle_keep_alive_ones_are_closed() {
+    let (gw, _upstream, admin) = start("header_timeout = \"1s\"\nidle_timeout = \"1s\"", "").await;
+    // A new connection that never sends a byte: closed at header_timeout, with no answer.
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    assert_eq!(until_closed(&mut silent).await.expect("closed"), b"");
+    assert!(started.elapsed() >= Duration::from_millis(950));
+    // A keep-alive connection: served, then closed after idle_timeout without a request.
+    let mut kept = TcpStream::connect(gw.addr).await.unwrap();
+    kept.write_all(b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut kept).await.status, 200);
+    kept.write_all(b"GET /b HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut kept).await.status, 200, "keep-alive still works");
+    let idle_from = Instant::now();
+    assert_eq!(until_closed(&mut kept).await.expect("closed"), b"");
+    let idle = idle_from.elapsed();
+    assert!(idle >= Duration::from_millis(950) && idle < Duration::from_secs(3), "closed after {idle:?}");
+    // Neither is a rejection: nothing was refused.
+    assert_eq!(rejected(admin, "header_timeout").await, 0);
+}
+
+#[tokio::test]
+async fn a_head_over_max_header_size_gets_431() {
+    let (gw, upstream, admin) = start("max_header_size = \"2KiB\"", "").await;
+    let big = "x".repeat(3000);
+    let resp = send(gw.addr, "GET", "/", &[("X-Big", &big)]).await;
+    assert_error_raw(&resp, 431, "HEADERS_TOO_LARGE");
+    assert_eq!(resp.json()["error"]["details"]["max_header_size"], 2048);
+    assert_eq!(rejected(admin, "header_too_large").await, 1);
+    // Just under the limit passes.
+    let fits = "x".repeat(1500);
+    assert_eq!(send(gw.addr, "GET", "/", &[("X-Big", &fits)]).await.status, 200);
+    assert_eq!(upstream.hits(), 1);
+}
+
+/// The 408 and 431 answers are written before any route is known: JSON, a request id, and
+/// `Connection: close`, like every other refusal.
+fn assert_error_raw(resp: &common::RawResponse, status: u16, code: &str) {
+    assert_error(resp, status, code);
+    assert_eq!(resp.header("connection"), Some("close"));
+}
+
+#[tokio::test]
+async fn connections_past_the_per_client_limit_are_closed_at_accept() {
+    let (gw, _upstream, admin) = start("max_connections_per_client = 3", "").await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(gw.addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+        assert_eq!(read_response(&mut c).await.status, 200);
+        open.push(c);
+    }
+    let mut fourth = TcpStream::connect(gw.addr).await.unwrap();
+    let _ = fourth.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(until_closed(&mut fourth).await.expect("closed").is_empty(), "no answer past the limit");
+    assert_eq!(rejected(admin, "max_connections_per_client").await, 1);
+    // One leaves: a new one is admitted.
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(send(gw.addr, "GET", "/", &[]).await.status, 200);
+}
+
+/// Behind a load balancer every client shares its address: trusted proxies are not limited
+/// per client, only by `max_connections`.
+#[tokio::test]
+async fn trusted_proxies_are_limited_only_in_total() {
+    let (gw, _upstream, admin) =
+        start("trusted_proxies = [\"127.0.0.1\"]\nmax_connections = 4\nmax_connections_per_client = 2", "").await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(gw.addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+        assert_eq!(read_response(&mut c).await.status, 200, "past the per-client limit, as a trusted proxy");
+        open.push(c);
+    }
+    let mut fifth = TcpStream::connect(gw.addr).await.unwrap();
+    let _ = fifth.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(until_closed(&mut fifth).await.expect("closed").is_empty());
+    assert_eq!(rejected(admin, "max_connections").await, 1);
+    assert_eq!(rejected(admin, "max_connections_per_client").await, 0);
+}
+
+#[tokio::test]
+async fn h2c_clients_must_send_the_preface_within_header_timeout() {
+    let (gw, _upstream, _admin) = start("header_timeout = \"1s\"", "h2c = true").await;
+    // HTTP/2 with prior knowledge works, and so does HTTP/1.1 on the same listener.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder().uri(format!("http://localhost:{}/h2", gw.addr.port())).body(()).unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    assert_eq!(send(gw.addr, "GET", "/h1", &[]).await.status, 200);
+    // Half a preface, then nothing: closed at header_timeout.
+    let mut partial = TcpStream::connect(gw.addr).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let started = Instant::now();
+    assert!(until_closed(&mut partial).await.is_some(), "still open");
+    assert!(started.elapsed() >= Duration::from_millis(950));
+}
