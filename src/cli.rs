@@ -14,7 +14,6 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::pipeline::auth::jwt::{Issuer, KeySource};
 use crate::pipeline::host::HostPattern;
-use crate::pipeline::path;
 use crate::pipeline::ratelimit::LimitKey;
 use crate::pipeline::route::AuthMode;
 use crate::pipeline::upstream::Targets;
@@ -64,6 +63,10 @@ pub enum Command {
         method: String,
         /// The request URL, e.g. http://api.example.com/api/v1/models.
         url: String,
+        /// A request header, as curl takes it: -H 'Origin: https://app.example.com'. Repeatable.
+        /// A credential given here is verified against the configured keys (not printed).
+        #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
     },
     /// Make or hash API keys.
     #[command(subcommand)]
@@ -263,10 +266,12 @@ fn keys_from(issuer: &Issuer) -> String {
     }
 }
 
-/// `portcullis explain`: how `method url` would be handled under `config`: the text to print,
-/// and whether the request would be routed (`false`: refused whatever its credentials). `Err`
-/// when the method or URL cannot be read. Runs the same stage functions the gateway does.
-pub fn explain(config: &Config, method: &str, url: &str) -> Result<(String, bool), String> {
+/// `portcullis explain`: how `method url` with `headers` (`Name: value`, as curl's `-H`) would
+/// be handled under `config`: the text to print, and whether the request would be routed
+/// (`false`: refused; without a credential header, whatever its credentials). `Err` when the
+/// method, URL or a header cannot be read. Routing runs [`crate::pipeline::admit::route`], the
+/// gateway's own function.
+pub fn explain(config: &Config, method: &str, url: &str, headers: &[String]) -> Result<(String, bool), String> {
     let rt = &config.runtime;
     let mut out = String::new();
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| format!("\"{method}\" is not an HTTP method"))?;
@@ -277,30 +282,59 @@ pub fn explain(config: &Config, method: &str, url: &str) -> Result<(String, bool
     let _ = writeln!(out, "request:     {method} {url}");
     let mut req = RequestHeader::build(method.clone(), path.as_str().as_bytes(), None)
         .map_err(|_| format!("\"{url}\" is not a request target"))?;
-    req.insert_header(http::header::HOST, authority.as_str()).map_err(|_| format!("\"{authority}\" is not a host"))?;
+    let mut host_given = false;
+    for header in headers {
+        let (name, value) = header.split_once(':').ok_or_else(|| format!("-H \"{header}\" is not \"Name: value\""))?;
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("-H \"{header}\": \"{}\" is not a header name", name.trim()))?;
+        let value = http::HeaderValue::from_str(value.trim())
+            .map_err(|_| format!("-H {name}: the value is not a header value"))?;
+        host_given |= name == http::header::HOST;
+        req.append_header(name, value).map_err(|_| format!("-H \"{header}\" cannot be added"))?;
+    }
+    if !host_given {
+        req.insert_header(http::header::HOST, authority.as_str())
+            .map_err(|_| format!("\"{authority}\" is not a host"))?;
+    }
 
     let refused = |mut out: String, e: GatewayError| {
         let _ = writeln!(out, "outcome:     refused, {} {}: {}", e.status().as_u16(), e.code(), e.message());
         Ok((out, false))
     };
+    describe_headers(rt, &req, host_given, &mut out);
     let host = match rt.hosts.check(&req) {
         Ok(host) => host,
         Err(e) => return refused(out, e),
     };
     let _ = writeln!(out, "host:        {} (allowed)", host.name.as_str());
-    let canonical = match path::normalize(req.uri.path()).and_then(|p| path::check_query(req.uri.query()).map(|()| p)) {
-        Ok(p) => p,
+    let routed = match crate::pipeline::admit::route(rt, host.name.as_str(), &req) {
+        Ok(routed) => routed,
         Err(e) => return refused(out, e),
     };
+    let canonical = &routed.canonical;
     let _ =
         writeln!(out, "path:        {canonical}{}", if canonical == req.uri.path() { "" } else { " (canonical form)" });
-    let route_id = match rt
-        .routes
-        .lookup(host.name.as_str(), &canonical, &method)
-        .and_then(|id| rt.routes.check_unambiguous(host.name.as_str(), &canonical, id).map(|()| id))
-    {
-        Ok(id) => id,
-        Err(e) => return refused(out, e),
+    let route_id = match &routed.routing {
+        crate::pipeline::admit::Routing::Preflight { route, asked } => {
+            let route = rt.routes.get(*route);
+            let _ =
+                writeln!(out, "route:       {} (path {}), which governs this CORS preflight", route.name, route.path);
+            let answer = match (asked, &rt.cors) {
+                (Some(asked), Some(cors)) => cors.answer_preflight(&req, asked).map(|_| asked),
+                _ => Err(GatewayError::CorsRejected(crate::error::CorsRejection::Method)),
+            };
+            return match answer {
+                Ok(asked) => {
+                    let _ = writeln!(
+                        out,
+                        "outcome:     answered by the gateway: 204, {asked} allowed from this origin; no credentials needed"
+                    );
+                    Ok((out, true))
+                }
+                Err(e) => refused(out, e),
+            };
+        }
+        crate::pipeline::admit::Routing::Request { route } => *route,
     };
     let route = rt.routes.get(route_id);
     let _ = writeln!(out, "route:       {} (path {})", route.name, route.path);
@@ -326,6 +360,22 @@ pub fn explain(config: &Config, method: &str, url: &str) -> Result<(String, bool
         AuthMode::None => "none: credentials are not read".to_string(),
     };
     let _ = writeln!(out, "auth:        {auth}");
+    if let Some(accepted) = &route.credentials {
+        let mut kinds: Vec<String> = Vec::new();
+        if accepted.api_key {
+            kinds.push("api_key".into());
+        }
+        if accepted.any_jwt {
+            kinds.push("jwt (any issuer)".into());
+        }
+        for &i in &accepted.jwt_issuers {
+            kinds.push(format!("jwt:{}", rt.auth.jwt.issuers.get(i).map_or("?", |i| &i.name)));
+        }
+        if accepted.mtls {
+            kinds.push("mtls".into());
+        }
+        let _ = writeln!(out, "credentials: only {} (any other kind: 403 PERMISSION_DENIED)", kinds.join(", "));
+    }
     let needs = if route.permissions.is_empty() { "no permission".to_string() } else { route.permissions.join(" + ") };
     let _ = writeln!(out, "permissions: {needs}");
     let _ = writeln!(out, "limits:      request body at most {} bytes", rt.max_body_size);
@@ -349,11 +399,26 @@ pub fn explain(config: &Config, method: &str, url: &str) -> Result<(String, bool
         let _ =
             writeln!(out, "             failed authentications: {}/{}s per client address", rate.count, rate.period);
     }
-    let _ = writeln!(
-        out,
-        "cors:        {}",
-        if route.cors { "answered by the gateway ([cors])" } else { "off (the upstream's own)" }
-    );
+    let cors = match (&rt.cors, route.cors) {
+        (Some(cors), true) => match (req.headers.get(http::header::ORIGIN), cors.allow_origin(&req)) {
+            (None, _) => "answered by the gateway ([cors])".to_string(),
+            (Some(_), Some(allowed)) => {
+                format!("answered by the gateway ([cors]); this origin may read the response (Access-Control-Allow-Origin: {})", allowed.to_str().unwrap_or(""))
+            }
+            (Some(_), None) => {
+                "answered by the gateway ([cors]); this origin is not allowed: no Access-Control-Allow-* header"
+                    .to_string()
+            }
+        },
+        _ => "off (the upstream's own)".to_string(),
+    };
+    let _ = writeln!(out, "cors:        {cors}");
+    if let Err(e) = crate::pipeline::body::check_declared_length(&req.headers, rt.max_body_size) {
+        return refused(out, e);
+    }
+    if route.auth != AuthMode::None && rt.auth.presents_credential(&req.headers) {
+        return explain_credential(config, route, &req, out);
+    }
     let outcome = match (route.auth, route.permissions.is_empty()) {
         (AuthMode::None, _) => "forwarded, no credentials needed",
         (_, true) => "forwarded once the credentials check out",
@@ -361,4 +426,112 @@ pub fn explain(config: &Config, method: &str, url: &str) -> Result<(String, bool
     };
     let _ = writeln!(out, "outcome:     {outcome}");
     Ok((out, true))
+}
+
+/// The credential a request carries, verified as the gateway would (keys fetched from a
+/// `jwks_url` are not: explain fetches nothing), and whether it satisfies the route.
+fn explain_credential(
+    config: &Config,
+    route: &crate::pipeline::route::Route,
+    req: &RequestHeader,
+    mut out: String,
+) -> Result<(String, bool), String> {
+    let rt = &config.runtime;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let verified = runtime.block_on(async {
+        let check = rt.auth.authenticate(route.auth, &req.headers, None);
+        tokio::time::timeout(std::time::Duration::from_secs(2), check).await
+    });
+    let verdict = match verified {
+        Err(_) => {
+            let _ = writeln!(
+                out,
+                "credential:  cannot be verified here (its keys come from a jwks_url, which explain does not fetch)"
+            );
+            let _ = writeln!(out, "outcome:     forwarded once the credentials check out");
+            return Ok((out, true));
+        }
+        Ok(Err(e)) => {
+            let presented = rt.auth.presented(&req.headers);
+            let reason = match &e {
+                GatewayError::AuthenticationFailed(failure) => failure.label(),
+                _ => "refused",
+            };
+            let _ = writeln!(out, "credential:  {} ({reason})", kind_name(presented.method));
+            Err(e)
+        }
+        Ok(Ok(principal)) => {
+            if let Some(p) = &principal {
+                let who = rt.auth.summary(p);
+                let by = who
+                    .key_id
+                    .map(|k| format!(" \"{k}\""))
+                    .or(who.issuer.map(|i| format!(" from {i}")))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "credential:  {}{by}, verified", kind_name(who.method));
+            }
+            rt.auth.authorize(principal.as_ref(), route.credentials.as_ref(), &route.permissions)
+        }
+    };
+    match verdict {
+        Ok(()) => {
+            let _ = writeln!(out, "outcome:     forwarded");
+            Ok((out, true))
+        }
+        Err(e) => {
+            let _ = writeln!(out, "outcome:     refused, {} {}: {}", e.status().as_u16(), e.code(), e.message());
+            Ok((out, false))
+        }
+    }
+}
+
+fn kind_name(method: &str) -> &str {
+    match method {
+        "api_key" => "an API key",
+        "jwt" => "a JWT",
+        "mtls" => "a client certificate",
+        _ => "an unreadable credential",
+    }
+}
+
+/// One line per header given: what the gateway makes of it.
+fn describe_headers(rt: &crate::config::Runtime, req: &RequestHeader, host_given: bool, out: &mut String) {
+    // (`keys()` yields each name once.)
+    for name in req.headers.keys() {
+        if *name == http::header::HOST && !host_given {
+            continue;
+        }
+        let credential = *name == http::header::AUTHORIZATION || rt.auth.api_key_headers.contains(name);
+        let effect = if credential {
+            "a credential: verified below, removed before the upstream unless auth.forward_credentials".to_string()
+        } else if *name == rt.request_id_header {
+            match crate::pipeline::request_id::request_id(&req.headers, &rt.request_id_header) == req.headers[name] {
+                true => "kept as the request id, and returned on the response".to_string(),
+                false => "not a valid request id: replaced by a generated one".to_string(),
+            }
+        } else if *name == http::header::ORIGIN {
+            "a browser's origin: CORS, below".to_string()
+        } else if *name == http::header::ACCESS_CONTROL_REQUEST_METHOD
+            || *name == http::header::ACCESS_CONTROL_REQUEST_HEADERS
+        {
+            "with OPTIONS and Origin, makes this a CORS preflight".to_string()
+        } else if let Some(fate) = crate::pipeline::forward::fate(name) {
+            fate.to_string()
+        } else {
+            let counted: Vec<&str> = rt
+                .limits
+                .policies
+                .iter()
+                .filter(|p| matches!(&p.key, LimitKey::Header(h) if h == name))
+                .map(|p| &*p.name)
+                .collect();
+            if counted.is_empty() {
+                "passed to the upstream unchanged".to_string()
+            } else {
+                format!("passed to the upstream; the key of rate limit {}", counted.join(", "))
+            }
+        };
+        // Values are not printed: they may be secrets.
+        let _ = writeln!(out, "header:      {name}: {effect}");
+    }
 }

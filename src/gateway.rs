@@ -34,11 +34,12 @@ use crate::error::{CorsRejection, GatewayError};
 use crate::logs::access::AccessRecord;
 use crate::logs::{audit, Logs};
 use crate::metrics::METRICS;
+use crate::pipeline::admit::{self, Routing};
 use crate::pipeline::cors::{self, CorsPolicy};
 use crate::pipeline::ratelimit::Caller;
-use crate::pipeline::route::{AuthMode, RouteId};
+use crate::pipeline::route::AuthMode;
 use crate::pipeline::upstream::Targets;
-use crate::pipeline::{body, echo, forward, path, request_id};
+use crate::pipeline::{body, echo, forward, request_id};
 use crate::tls::ClientCertificate;
 
 /// What the request-header stages decided, when they did not refuse.
@@ -105,45 +106,22 @@ impl Gateway {
         }
         let certificate = tls.and_then(|t| t.extension.get::<Arc<ClientCertificate>>()).cloned();
 
-        let canonical = path::normalize(req.uri.path())?;
-        path::check_query(req.uri.query())?;
-        let host_name = host.name.as_str();
-        let route_for = |method: &Method| -> Result<RouteId, GatewayError> {
-            let id = rt.routes.lookup(host_name, &canonical, method)?;
-            rt.routes.check_unambiguous(host_name, &canonical, id)?;
-            Ok(id)
-        };
-        // A preflight is governed by the route of the method it asks about, or, when no route
-        // serves that method here, by the OPTIONS route. If that route has CORS on, the gateway
-        // answers; if not, the OPTIONS is an ordinary request, credentials and all: an upstream
-        // that answers its own preflights on a protected path needs an OPTIONS route with
-        // auth = "none" and cors = false, said in its config.
-        let governing = match &preflight {
-            Some(Some(asked)) => match route_for(asked) {
-                Err(GatewayError::MethodNotAllowed { .. }) => route_for(&req.method).ok(),
-                other => Some(other?),
-            },
-            Some(None) => route_for(&req.method).ok(),
-            None => None,
-        };
-        if let (Some(cors), Some(asked)) = (&rt.cors, &preflight) {
-            match governing {
-                Some(id) if !rt.routes.get(id).cors => {}
-                Some(id) => {
-                    ctx.route = Some(id);
-                    let asked = asked.as_ref().ok_or(GatewayError::CorsRejected(CorsRejection::Method))?;
-                    return Ok(Admission::Preflight(Box::new(cors.answer_preflight(req, asked)?)));
-                }
-                None => return Err(GatewayError::CorsRejected(CorsRejection::Method)),
+        let routed = admit::route(rt, host.name.as_str(), req)?;
+        let route_id = match routed.routing {
+            Routing::Preflight { route, asked } => {
+                ctx.route = Some(route);
+                let cors = rt.cors.as_ref().ok_or(GatewayError::Internal)?;
+                let asked = asked.ok_or(GatewayError::CorsRejected(CorsRejection::Method))?;
+                return Ok(Admission::Preflight(Box::new(cors.answer_preflight(req, &asked)?)));
             }
-        }
-        let route_id = route_for(&req.method)?;
+            Routing::Request { route } => route,
+        };
         ctx.route = Some(route_id);
         let route = rt.routes.get(route_id);
         if !route.cors {
             ctx.cors = CorsState::Off;
         }
-        if let Cow::Owned(p) = canonical {
+        if let Cow::Owned(p) = routed.canonical {
             ctx.canonical_path = Some(p);
         }
 

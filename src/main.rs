@@ -32,8 +32,8 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Some(Command::Explain { method, url }) => match load() {
-            Ok(config) => match cli::explain(&config, method, url) {
+        Some(Command::Explain { method, url, headers }) => match load() {
+            Ok(config) => match cli::explain(&config, method, url, headers) {
                 Ok((out, routed)) => {
                     print!("{out}");
                     if routed {

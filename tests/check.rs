@@ -575,3 +575,133 @@ fn explain_shows_the_route_and_what_it_requires_without_starting() {
     assert_eq!((code, out.as_str()), (2, ""));
     assert!(err.contains("not an absolute URL"), "{err}");
 }
+
+const EXPLAINED: &str = r#"
+[server]
+allowed_hosts = ["localhost"]
+
+[cors]
+allowed_origins = ["http://localhost:3000"]
+
+[[upstream]]
+name = "api"
+targets = ["builtin:echo"]
+
+[[auth.api_key]]
+id = "ci"
+hash = "sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+permissions = ["write_models"]
+
+[[route]]
+name = "train"
+path = "/api/v1/train"
+methods = ["POST"]
+upstream = "api"
+permissions = ["write_models"]
+credentials = ["api_key"]
+
+[[route]]
+name = "own-cors"
+path = "/own"
+upstream = "api"
+auth = "none"
+cors = false
+"#;
+
+/// `explain` takes curl's `-H`, says what each header changes, verifies a credential without
+/// printing it, and explains preflights.
+#[test]
+fn explain_takes_headers_as_curl_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(&file, format!("{EXPLAINED}\n[[listener]]\naddress = \"127.0.0.1:8080\"\n")).unwrap();
+    let explain = |args: &[&str]| {
+        let mut all = vec!["explain", "-c", file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run_cli(&all, None)
+    };
+    let preflight = ["-H", "Origin: http://localhost:3000", "-H", "Access-Control-Request-Method: POST"];
+    let (code, out, err) = explain(&[&["OPTIONS", "http://localhost/api/v1/train"][..], &preflight].concat());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("which governs this CORS preflight") && out.contains("answered by the gateway: 204"), "{out}");
+    let (code, out, _) = explain(&[
+        "OPTIONS",
+        "http://localhost/api/v1/train",
+        "-H",
+        "Origin: https://evil.example",
+        "-H",
+        "Access-Control-Request-Method: POST",
+    ]);
+    assert_eq!(code, 1);
+    assert!(out.contains("refused, 403 CORS_REJECTED"), "{out}");
+
+    // The secret key ("secret") is verified and never printed; forged headers are named.
+    let (code, out, _) = explain(&[
+        "POST",
+        "http://localhost/api/v1/train",
+        "-H",
+        "X-API-Key: secret",
+        "-H",
+        "X-Auth-Subject: root",
+        "-H",
+        "X-HTTP-Method-Override: DELETE",
+        "-H",
+        "Origin: http://localhost:3000",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "header:      x-api-key: a credential",
+        "header:      x-auth-subject: removed: only the gateway sets X-Auth-* identity headers",
+        "header:      x-http-method-override: removed",
+        "Access-Control-Allow-Origin: http://localhost:3000",
+        "credentials: only api_key",
+        "credential:  an API key \"ci\", verified",
+        "outcome:     forwarded",
+    ] {
+        assert!(out.contains(line), "explain lacks {line:?}:\n{out}");
+    }
+    assert!(!out.contains("secret"), "{out}");
+    let (code, out, _) = explain(&["POST", "http://localhost/api/v1/train", "-H", "X-API-Key: wrong-key"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("(unknown_key)") && out.contains("refused, 401 AUTHENTICATION_FAILED"), "{out}");
+    assert!(!out.contains("wrong-key"));
+    // An unreadable header is an argument error.
+    let (code, _, err) = explain(&["GET", "http://localhost/", "-H", "no colon"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is not \"Name: value\""), "{err}");
+}
+
+/// What `explain` says about a preflight is what the gateway does with it: both call the same
+/// routing function.
+#[tokio::test]
+async fn explain_and_the_gateway_agree_on_preflights() {
+    let gw = common::Gateway::start(EXPLAINED).await;
+    let file = gw.config_path();
+    let cases = [
+        ("/api/v1/train", "http://localhost:3000", "POST", 204),
+        ("/api/v1/train", "http://localhost:3000", "DELETE", 403),
+        ("/api/v1/train", "https://evil.example", "POST", 403),
+        // CORS left to the upstream: an ordinary OPTIONS request, forwarded.
+        ("/own", "http://localhost:3000", "POST", 200),
+    ];
+    for (path, origin, asked, status) in cases {
+        let origin_header = format!("Origin: {origin}");
+        let asked_header = format!("Access-Control-Request-Method: {asked}");
+        let url = format!("http://localhost{path}");
+        let (code, out, _) = run_cli(
+            &["explain", "-c", file.to_str().unwrap(), "OPTIONS", &url, "-H", &origin_header, "-H", &asked_header],
+            None,
+        );
+        let resp =
+            common::send(gw.addr, "OPTIONS", path, &[("Origin", origin), ("Access-Control-Request-Method", asked)])
+                .await;
+        assert_eq!(resp.status, status, "{path} {origin} {asked}");
+        let said = match status {
+            204 => "answered by the gateway: 204",
+            403 => "refused, 403 CORS_REJECTED",
+            _ => "outcome:     forwarded",
+        };
+        assert!(out.contains(said), "{path} {origin} {asked}: explain said\n{out}");
+        assert_eq!(code == 0, status != 403, "{out}");
+    }
+}

@@ -26,26 +26,44 @@ use serde::Deserialize;
 /// Loads and validates the configuration at `path` (a file or a directory of `*.toml`).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let files = list_files(path)?;
-    let mut merged = toml::Table::new();
-    let mut sources = Sources::new(path);
+    let mut texts = Vec::new();
     let mut errors = Vec::new();
     for file in &files {
-        let shown = file.display().to_string();
-        let text = match std::fs::read_to_string(file) {
-            Ok(text) => text,
-            Err(e) => {
-                errors.push(file_error(&shown, format!("cannot be read ({e})"), "check the path and its permissions"));
-                continue;
-            }
-        };
+        match std::fs::read_to_string(file) {
+            Ok(text) => texts.push((file.display().to_string(), text)),
+            Err(e) => errors.push(file_error(
+                &file.display().to_string(),
+                format!("cannot be read ({e})"),
+                "check the path and its permissions",
+            )),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    load_texts(path, &texts, files)
+}
+
+/// Validates a configuration given as TOML text, as if it were one file named `<inline>`:
+/// for tests and tools that build a [`Runtime`] without writing a file.
+pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
+    load_texts(Path::new("<inline>"), &[("<inline>".to_string(), text.to_string())], Vec::new())
+}
+
+/// Merges and validates `texts` ((file name as shown, contents), in load order).
+fn load_texts(root: &Path, texts: &[(String, String)], files: Vec<PathBuf>) -> Result<Config, ConfigErrors> {
+    let mut merged = toml::Table::new();
+    let mut sources = Sources::new(root);
+    let mut errors = Vec::new();
+    for (shown, text) in texts {
         // The typed pass reports unknown keys and wrong types with the key path and line.
-        if let Err(e) = check_shape(&shown, &text) {
+        if let Err(e) = check_shape(shown, text) {
             errors.push(e);
             continue;
         }
         match text.parse::<toml::Table>() {
-            Ok(table) => sources.merge(&mut merged, table, &shown, &mut errors),
-            Err(e) => errors.push(file_error(&shown, e.message().to_string(), "fix the TOML syntax")),
+            Ok(table) => sources.merge(&mut merged, table, shown, &mut errors),
+            Err(e) => errors.push(file_error(shown, e.message().to_string(), "fix the TOML syntax")),
         }
     }
     if !errors.is_empty() {

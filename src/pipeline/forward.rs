@@ -346,6 +346,34 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
     }
 }
 
+/// What the forward stage does to a header a client (not a trusted proxy) sent, in words, for
+/// `portcullis explain`; `None` when it reaches the upstream unchanged. (Credentials and the
+/// request id are the caller's to describe: they depend on `[auth]` and `[server]`.)
+pub fn fate(name: &HeaderName) -> Option<&'static str> {
+    let text = name.as_str();
+    Some(if *name == HOST {
+        "the host the request is routed on; sent upstream as Host and X-Forwarded-Host"
+    } else if HOP_BY_HOP.contains(&text) {
+        "removed: it describes one connection, not the request"
+    } else if text.starts_with(IDENTITY_HEADER_PREFIX) {
+        "removed: only the gateway sets X-Auth-* identity headers"
+    } else if text.contains('_') {
+        "removed: names with _ are dropped (CGI-style servers read X_Auth_Subject as X-Auth-Subject)"
+    } else if ROUTING_OVERRIDES.contains(&text) {
+        "removed: it would make the backend serve another method or path than the one checked"
+    } else if PROXY_ASSERTIONS.contains(&text) {
+        "removed: believed only from server.trusted_proxies"
+    } else if *name == X_FORWARDED_FOR {
+        "replaced by the client's address (a trusted proxy's value is kept, the peer appended)"
+    } else if *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST {
+        "replaced by the gateway's own value (a trusted proxy's is kept when it checks out)"
+    } else if *name == CONTENT_LENGTH || *name == TRANSFER_ENCODING {
+        "frames the body; checked against server.max_body_size"
+    } else {
+        return None;
+    })
+}
+
 /// What only the gateway (or a trusted proxy) may say, and what describes one connection:
 /// hop-by-hop headers, identity headers, underscore spellings, routing overrides, and, from
 /// untrusted peers, client-address assertions.

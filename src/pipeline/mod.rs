@@ -4,7 +4,8 @@
 //! 2. [`host`]: the host allow-list (400 / 421).
 //! 3. [`path`]: one canonical path (400 `BAD_PATH`).
 //! 4. [`route`]: host, longest path prefix, method (404 / 405); a CORS preflight is routed by the
-//!    method it asks about.
+//!    method it asks about ([`admit`] puts path, query and route together, for the gateway and
+//!    `portcullis explain` alike).
 //! 5. [`cors`]: preflights answered at the edge (204 / 403 `CORS_REJECTED`).
 //! 6. [`body`]: request body limits (413).
 //! 7. [`client`]: the client address, through trusted proxies.
@@ -18,6 +19,7 @@
 //! On the way back, every response (the upstream's or the gateway's own) gets the request id,
 //! the CORS headers ([`cors`]) and the rate-limit headers ([`ratelimit`]).
 
+pub mod admit;
 pub mod auth;
 pub mod body;
 pub mod client;
