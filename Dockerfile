@@ -25,7 +25,8 @@ COPY --from=build /out/portcullis /usr/local/bin/portcullis
 COPY conf/gateway.toml /etc/portcullis/gateway.toml
 # Inside the container the public listener takes every interface; the admin one stays on
 # loopback, where the HEALTHCHECK below reaches it.
-# docker stop waits 10 s before SIGKILL, and Pingora waits all of shutdown_grace: keep it below.
+# docker stop waits 10 s before SIGKILL; the gateway exits as soon as its requests are done, and
+# at most shutdown_grace after SIGTERM: keep that below 10 s.
 RUN sed -i -e 's/^address = "127.0.0.1:8080"/address = "0.0.0.0:8080"/' \
            -e 's/^shutdown_grace = "30s"/shutdown_grace = "8s"/' /etc/portcullis/gateway.toml \
  && portcullis check -c /etc/portcullis

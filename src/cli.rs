@@ -18,8 +18,8 @@ use crate::pipeline::ratelimit::LimitKey;
 use crate::pipeline::route::AuthMode;
 use crate::pipeline::upstream::Targets;
 
-/// The configuration used when `-c` is not given.
-pub const DEFAULT_CONFIG_PATH: &str = "conf/gateway.toml";
+/// The configuration used when `-c` is not given: every `*.toml` in `conf/`.
+pub const DEFAULT_CONFIG_PATH: &str = "conf";
 
 /// The exit code for configuration errors (sysexits' `EX_CONFIG`).
 pub const EXIT_CONFIG: u8 = 78;

@@ -706,6 +706,8 @@ auth = "none"
     .await;
     wait_listening(admin).await;
     let connections = format!(r#"portcullis_connections_total{{listener="{}"}}"#, gw.addr);
+    // The harness's readiness probe is one connection, counted as soon as the gateway gets to it.
+    settles(admin, &connections, 1.0).await;
     let before = sample(&String::from_utf8(admin_get(admin, "/metrics").await.body).unwrap(), &connections);
 
     // Three streams on one HTTP/2 connection.
