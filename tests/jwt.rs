@@ -630,6 +630,20 @@ async fn jwks_fetches_are_counted_by_result() {
     assert_eq!(idp.fetches(), 3);
 }
 
+/// A gateway in front of `upstream` (as upstream `api`) with `rest` (routes, keys, issuers).
+fn gateway_config(upstream: SocketAddr, rest: &str) -> String {
+    format!("[server]\nallowed_hosts = [\"localhost\"]\n\n[[upstream]]\nname = \"api\"\ntargets = [\"{upstream}\"]\n{rest}\n")
+}
+
+/// An HS256 `[[auth.jwt]]` whose secret is in `secret`, for the `registry` audience.
+fn hs_issuer(name: &str, issuer: &str, secret: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[[auth.jwt]]\nname = \"{name}\"\nissuer = \"{issuer}\"\naudiences = [\"registry\"]\nalgorithms = [\"HS256\"]\n\
+         secret = \"file:{}\"\n{extra}\n",
+        secret.display()
+    )
+}
+
 /// An ID token is signed by the same IdP with the same key as an access token: with
 /// `required_typ`, only tokens typed as access tokens (RFC 9068) pass.
 #[tokio::test]
@@ -638,26 +652,8 @@ async fn an_id_token_is_not_an_access_token_when_the_issuer_requires_a_typ() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("hmac.secret");
     std::fs::write(&secret, HMAC_SECRET).unwrap();
-    let config = format!(
-        r#"
-[server]
-allowed_hosts = ["localhost"]
-
-[[upstream]]
-name = "api"
-targets = ["{addr}"]
-{ROUTES}
-[[auth.jwt]]
-name = "idp"
-issuer = "local"
-audiences = ["registry"]
-algorithms = ["HS256"]
-secret = "file:{secret}"
-required_typ = "at+jwt"
-"#,
-        addr = upstream.addr,
-        secret = secret.display(),
-    );
+    let issuer = hs_issuer("idp", "local", &secret, "required_typ = \"at+jwt\"");
+    let config = gateway_config(upstream.addr, &format!("{ROUTES}\n{issuer}"));
     let gw = Gateway::start(&config).await;
     let typed = |typ: Option<&str>| {
         let mut header = Header::new(Algorithm::HS256);
@@ -686,15 +682,8 @@ async fn a_route_accepts_only_the_credentials_it_names() {
     std::fs::write(dir.path().join("corp"), corp_secret).unwrap();
     std::fs::write(dir.path().join("partner"), partner_secret).unwrap();
     let key = "pcs_route-credentials-test-key-0123456789";
-    let config = format!(
+    let routes = format!(
         r#"
-[server]
-allowed_hosts = ["localhost"]
-
-[[upstream]]
-name = "api"
-targets = ["{addr}"]
-
 [[route]]
 name = "admin"
 path = "/admin"
@@ -712,25 +701,13 @@ credentials = ["api_key", "jwt:partner"]
 id = "ops"
 hash = "sha256:{hash}"
 permissions = ["admin"]
-
-[[auth.jwt]]
-name = "corp"
-issuer = "https://corp.idp.test/"
-audiences = ["registry"]
-algorithms = ["HS256"]
-secret = "file:{dir}/corp"
-
-[[auth.jwt]]
-name = "partner"
-issuer = "https://partner.idp.test/"
-audiences = ["registry"]
-algorithms = ["HS256"]
-secret = "file:{dir}/partner"
-"#,
-        addr = upstream.addr,
+{corp}
+{partner}"#,
         hash = hex::encode(Sha256::digest(key.as_bytes())),
-        dir = dir.path().display(),
+        corp = hs_issuer("corp", "https://corp.idp.test/", &dir.path().join("corp"), ""),
+        partner = hs_issuer("partner", "https://partner.idp.test/", &dir.path().join("partner"), ""),
     );
+    let config = gateway_config(upstream.addr, &routes);
     let gw = Gateway::start(&config).await;
     let token = |iss: &str, secret: &str| {
         let claims = with(claims(iss, "registry"), "scope", json!("admin"));

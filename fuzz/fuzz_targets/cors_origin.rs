@@ -5,6 +5,9 @@
 //! listed; a preflight answer only ever names the origin it was asked for.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::LazyLock;
 
 use http::HeaderValue;
@@ -13,22 +16,9 @@ use pingora::http::RequestHeader;
 use portcullis::config::Runtime;
 
 static RUNTIME: LazyLock<std::sync::Arc<Runtime>> = LazyLock::new(|| {
-    let text = r#"
-[server]
-allowed_hosts = ["localhost"]
-[[listener]]
-address = "127.0.0.1:8080"
-[cors]
-allowed_origins = ["http://localhost:3000", "https://*.example.com"]
-allow_credentials = true
-[[upstream]]
-name = "api"
-targets = ["builtin:echo"]
-[[route]]
-path = "/"
-upstream = "api"
-"#;
-    portcullis::config::load_str(text).expect("the fuzz configuration is valid").runtime
+    common::runtime(
+        "[cors]\nallowed_origins = [\"http://localhost:3000\", \"https://*.example.com\"]\nallow_credentials = true\n",
+    )
 });
 
 fuzz_target!(|data: &[u8]| {

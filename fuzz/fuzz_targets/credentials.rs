@@ -4,6 +4,9 @@
 //! is logged of a presented key is at most its first four characters.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -16,30 +19,10 @@ use portcullis::pipeline::route::AuthMode;
 const KEY: &str = "pcs_fuzz-key-0123456789abcdef";
 
 static RUNTIME: LazyLock<std::sync::Arc<Runtime>> = LazyLock::new(|| {
-    use std::fmt::Write;
-    let digest = portcullis::pipeline::auth::apikey::hash_line(KEY);
-    let mut text = String::new();
-    let _ = write!(
-        text,
-        r#"
-[server]
-allowed_hosts = ["localhost"]
-[[listener]]
-address = "127.0.0.1:8080"
-[auth]
-api_key_headers = ["X-API-Key", "X-Other-Key"]
-[[auth.api_key]]
-id = "fuzz"
-hash = "{digest}"
-[[upstream]]
-name = "api"
-targets = ["builtin:echo"]
-[[route]]
-path = "/"
-upstream = "api"
-"#
-    );
-    portcullis::config::load_str(&text).expect("the fuzz configuration is valid").runtime
+    let hash = portcullis::pipeline::auth::apikey::hash_line(KEY);
+    common::runtime(&format!(
+        "[auth]\napi_key_headers = [\"X-API-Key\", \"X-Other-Key\"]\n[[auth.api_key]]\nid = \"fuzz\"\nhash = \"{hash}\"\n"
+    ))
 });
 
 thread_local! {

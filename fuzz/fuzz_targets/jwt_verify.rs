@@ -5,6 +5,9 @@
 //! RSA private key), and nothing panics.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::LazyLock;
 
 use base64::Engine;
@@ -21,18 +24,8 @@ static RUNTIME: LazyLock<std::sync::Arc<Runtime>> = LazyLock::new(|| {
     let public = openssl::pkey::PKey::from_rsa(rsa).and_then(|k| k.public_key_to_pem()).expect("a PEM");
     let pem = dir.join("rsa.pem");
     std::fs::write(&pem, public).expect("key written");
-    let text = format!(
+    common::runtime(&format!(
         r#"
-[server]
-allowed_hosts = ["localhost"]
-[[listener]]
-address = "127.0.0.1:8080"
-[[upstream]]
-name = "api"
-targets = ["builtin:echo"]
-[[route]]
-path = "/"
-upstream = "api"
 [auth]
 token_cache_size = 0
 [[auth.jwt]]
@@ -51,8 +44,7 @@ required_typ = "at+jwt"
 "#,
         secret.display(),
         pem.display()
-    );
-    portcullis::config::load_str(&text).expect("the fuzz configuration is valid").runtime
+    ))
 });
 
 fuzz_target!(|data: &[u8]| {

@@ -5,6 +5,9 @@
 //! before hex digits, or a `;`; the route routing picks is a segment-wise prefix of it.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -14,16 +17,10 @@ use portcullis::pipeline::admit::{self, Routing};
 use portcullis::pipeline::path;
 
 static RUNTIME: LazyLock<std::sync::Arc<Runtime>> = LazyLock::new(|| {
-    let text = r#"
-[server]
-allowed_hosts = ["localhost", "*.example.com"]
-[[listener]]
-address = "127.0.0.1:8080"
+    common::runtime(
+        r#"
 [cors]
 allowed_origins = ["https://app.example.com"]
-[[upstream]]
-name = "api"
-targets = ["builtin:echo"]
 [[route]]
 name = "root"
 path = "/"
@@ -43,8 +40,8 @@ name = "tenant"
 host = "a.example.com"
 path = "/api"
 upstream = "api"
-"#;
-    portcullis::config::load_str(text).expect("the fuzz configuration is valid").runtime
+"#,
+    )
 });
 
 fuzz_target!(|data: &[u8]| {
