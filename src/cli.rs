@@ -307,7 +307,7 @@ pub fn explain(config: &Config, method: &str, url: &str, headers: &[String]) -> 
         Err(e) => return refused(out, e),
     };
     let _ = writeln!(out, "host:        {} (allowed)", host.name.as_str());
-    let routed = match crate::pipeline::admit::route(rt, host.name.as_str(), &req) {
+    let routed = match crate::pipeline::admit::route(&rt.routes, rt.cors.as_ref(), host.name.as_str(), &req) {
         Ok(routed) => routed,
         Err(e) => return refused(out, e),
     };

@@ -51,25 +51,11 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 
+use crate::config::runtime::ConnectionLimits;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, SharedRuntime};
 use crate::metrics::METRICS;
 use crate::pipeline::client::canonical;
-
-/// What bounds a client connection before its requests reach the pipeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// `server.header_timeout`: a whole request head must arrive within this.
-    pub header_timeout: Duration,
-    /// `server.idle_timeout`: a keep-alive connection may wait this long for its next request.
-    pub idle_timeout: Duration,
-    /// `server.max_header_size`: the largest request head, in bytes.
-    pub max_header_size: usize,
-    /// `server.max_connections`: client connections open in this process.
-    pub max_connections: usize,
-    /// `server.max_connections_per_client`: open connections from one client address.
-    pub max_connections_per_client: usize,
-}
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

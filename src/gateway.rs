@@ -106,7 +106,7 @@ impl Gateway {
         }
         let certificate = tls.and_then(|t| t.extension.get::<Arc<ClientCertificate>>()).cloned();
 
-        let routed = admit::route(rt, host.name.as_str(), req)?;
+        let routed = admit::route(&rt.routes, rt.cors.as_ref(), host.name.as_str(), req)?;
         let route_id = match routed.routing {
             Routing::Preflight { route, asked } => {
                 ctx.route = Some(route);

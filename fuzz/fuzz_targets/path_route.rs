@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = req.insert_header("origin", "https://app.example.com");
                 let _ = req.insert_header("access-control-request-method", "POST");
             }
-            if let Ok(routed) = admit::route(rt, host, &req) {
+            if let Ok(routed) = admit::route(&rt.routes, rt.cors.as_ref(), host, &req) {
                 let id = match routed.routing {
                     Routing::Preflight { route, .. } | Routing::Request { route } => route,
                 };

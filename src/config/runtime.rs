@@ -20,7 +20,6 @@ use super::file::{FileConfig, HealthCheckSection, RouteSection, UpstreamSection}
 use super::tls::build_listener_tls;
 use super::units::{parse_duration, parse_size};
 use super::{ConfigErrors, Problems, Sources};
-use crate::connection::ConnectionLimits;
 use crate::logs::Destination;
 use crate::pipeline::auth::{AcceptedCredentials, Authenticator};
 use crate::pipeline::client::TrustedProxies;
@@ -151,6 +150,21 @@ pub struct ProcessSettings {
     pub audit_log: Destination,
     /// `server.upgrade_socket`.
     pub upgrade_socket: PathBuf,
+}
+
+/// What bounds a client connection before its requests reach the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// `server.header_timeout`: a whole request head must arrive within this.
+    pub header_timeout: Duration,
+    /// `server.idle_timeout`: a keep-alive connection may wait this long for its next request.
+    pub idle_timeout: Duration,
+    /// `server.max_header_size`: the largest request head, in bytes.
+    pub max_header_size: usize,
+    /// `server.max_connections`: client connections open in this process.
+    pub max_connections: usize,
+    /// `server.max_connections_per_client`: open connections from one client address.
+    pub max_connections_per_client: usize,
 }
 
 /// One validated `[[listener]]`.

@@ -13,11 +13,10 @@ use std::borrow::Cow;
 use http::Method;
 use pingora::http::RequestHeader;
 
-use crate::config::Runtime;
 use crate::error::{CorsRejection, GatewayError};
 use crate::pipeline::cors::CorsPolicy;
 use crate::pipeline::path;
-use crate::pipeline::route::RouteId;
+use crate::pipeline::route::{RouteId, RouteTable};
 
 /// What a request is, once routed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,18 +46,23 @@ pub struct Routed<'r> {
     pub routing: Routing,
 }
 
-/// Routes `req` for the allowed host `host` (normalised): 400 for a path or query the gateway
-/// will not pass on, 404/405 for no route, 403 `CORS_REJECTED` for a preflight no route with
-/// CORS governs.
-pub fn route<'r>(rt: &Runtime, host: &str, req: &'r RequestHeader) -> Result<Routed<'r>, GatewayError> {
+/// Routes `req` for the allowed host `host` (normalised) among `routes`, with `cors` the
+/// `[cors]` policy if any: 400 for a path or query the gateway will not pass on, 404/405 for no
+/// route, 403 `CORS_REJECTED` for a preflight no route with CORS governs.
+pub fn route<'r>(
+    routes: &RouteTable,
+    cors: Option<&CorsPolicy>,
+    host: &str,
+    req: &'r RequestHeader,
+) -> Result<Routed<'r>, GatewayError> {
     let canonical = path::normalize(req.uri.path())?;
     path::check_query(req.uri.query())?;
     let route_for = |method: &Method| -> Result<RouteId, GatewayError> {
-        let id = rt.routes.lookup(host, &canonical, method)?;
-        rt.routes.check_unambiguous(host, &canonical, id)?;
+        let id = routes.lookup(host, &canonical, method)?;
+        routes.check_unambiguous(host, &canonical, id)?;
         Ok(id)
     };
-    let preflight = rt.cors.as_ref().and_then(|_| CorsPolicy::preflight_method(req));
+    let preflight = cors.and_then(|_| CorsPolicy::preflight_method(req));
     if let Some(asked) = preflight {
         let governing = match &asked {
             Some(method) => match route_for(method) {
@@ -69,7 +73,7 @@ pub fn route<'r>(rt: &Runtime, host: &str, req: &'r RequestHeader) -> Result<Rou
         };
         match governing {
             // CORS off on the governing route: an ordinary OPTIONS request, below.
-            Some(id) if !rt.routes.get(id).cors => {}
+            Some(id) if !routes.get(id).cors => {}
             Some(id) => return Ok(Routed { canonical, routing: Routing::Preflight { route: id, asked } }),
             None => return Err(GatewayError::CorsRejected(CorsRejection::Method)),
         }
@@ -81,6 +85,11 @@ pub fn route<'r>(rt: &Runtime, host: &str, req: &'r RequestHeader) -> Result<Rou
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Runtime;
+
+    fn route<'r>(rt: &Runtime, host: &str, req: &'r RequestHeader) -> Result<Routed<'r>, GatewayError> {
+        super::route(&rt.routes, rt.cors.as_ref(), host, req)
+    }
 
     fn runtime(extra: &str) -> std::sync::Arc<Runtime> {
         let text = format!(
