@@ -279,18 +279,20 @@ pub fn explain(config: &Config, method: &str, url: &str, headers: &[String]) -> 
     let (Some(authority), Some(path)) = (uri.authority(), uri.path_and_query()) else {
         return Err(format!("\"{url}\" is not an absolute URL: write http://HOST/PATH so the host rules apply"));
     };
-    let _ = writeln!(out, "request:     {method} {url}");
+    // The query may carry a secret (?token=...): shown redacted, as logs show it.
+    let _ = writeln!(out, "request:     {method} {}", crate::redact::redact_target(url));
     let mut req = RequestHeader::build(method.clone(), path.as_str().as_bytes(), None)
         .map_err(|_| format!("\"{url}\" is not a request target"))?;
     let mut host_given = false;
     for header in headers {
-        let (name, value) = header.split_once(':').ok_or_else(|| format!("-H \"{header}\" is not \"Name: value\""))?;
+        // Never echoed: a malformed header may still hold a secret.
+        let (name, value) = header.split_once(':').ok_or("a -H header is not \"Name: value\" (no colon)")?;
         let name = http::HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| format!("-H \"{header}\": \"{}\" is not a header name", name.trim()))?;
+            .map_err(|_| "a -H header's name is not a header name".to_string())?;
         let value = http::HeaderValue::from_str(value.trim())
             .map_err(|_| format!("-H {name}: the value is not a header value"))?;
         host_given |= name == http::header::HOST;
-        req.append_header(name, value).map_err(|_| format!("-H \"{header}\" cannot be added"))?;
+        req.append_header(name.clone(), value).map_err(|_| format!("-H {name} cannot be added"))?;
     }
     if !host_given {
         req.insert_header(http::header::HOST, authority.as_str())
@@ -503,7 +505,7 @@ fn describe_headers(rt: &crate::config::Runtime, req: &RequestHeader, host_given
         }
         let credential = *name == http::header::AUTHORIZATION || rt.auth.api_key_headers.contains(name);
         let effect = if credential {
-            "a credential: verified below, removed before the upstream unless auth.forward_credentials".to_string()
+            "a credential (verified below when the route reads credentials); removed before the upstream unless auth.forward_credentials".to_string()
         } else if *name == rt.request_id_header {
             match crate::pipeline::request_id::request_id(&req.headers, &rt.request_id_header) == req.headers[name] {
                 true => "kept as the request id, and returned on the response".to_string(),

@@ -22,8 +22,9 @@
 //! 24-byte preface within `header_timeout`; then Pingora's HTTP/2 server takes it, and closes
 //! it once no stream has been open for `idle_timeout`.
 //!
-//! The TLS handshake happens before any of this, in Pingora's accept loop, bounded by its own
-//! fixed 60 s; a connection is admitted once it is through.
+//! A TLS connection is admitted before its handshake ([`TlsAdmission`]), and must send its
+//! whole ClientHello within `header_timeout`; the rest of the handshake is bounded by
+//! Pingora's own fixed 60 s, and the first request head's `header_timeout` starts after it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -181,6 +182,103 @@ impl OpenConnections {
     }
 }
 
+/// TLS connections admitted before their handshake, by descriptor, until the proxy takes them
+/// ([`ClientConnections`] finds a connection's admission here by its descriptor), with when they
+/// were admitted. A handshake that fails leaves its entry behind: the next connection given the
+/// same descriptor replaces it, and [`OpenConnections::reap_handshakes`] drops those older than
+/// Pingora's handshake limit.
+static HANDSHAKING: Lazy<Mutex<HashMap<UniqueIDType, (Admitted, Instant)>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+
+/// Pingora allows a TLS handshake this long (fixed in its accept loop).
+pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(60);
+
+/// The largest TLS record the ClientHello may arrive in (RFC 8446 §5.1, with padding room).
+const MAX_CLIENT_HELLO_RECORD: usize = 16384 + 2048;
+
+fn handshaking() -> std::sync::MutexGuard<'static, HashMap<UniqueIDType, (Admitted, Instant)>> {
+    HANDSHAKING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl OpenConnections {
+    /// Connections admitted and still in their TLS handshake (or whose handshake failed, until
+    /// reaped).
+    pub fn handshaking(&self) -> usize {
+        handshaking().len()
+    }
+
+    /// Forgets the admissions of handshakes older than [`HANDSHAKE_LIMIT`]: Pingora has given
+    /// up on them.
+    pub fn reap_handshakes(&self) {
+        handshaking().retain(|_, (_, at)| at.elapsed() < HANDSHAKE_LIMIT);
+    }
+}
+
+/// Before a TLS handshake: the connection is admitted (so the limits count it from its first
+/// moment, not after a handshake a client may drag out) and must send its whole ClientHello
+/// within `header_timeout`; then OpenSSL gets the bytes. Only the record's 5-byte header is read
+/// to know when the ClientHello is in: OpenSSL parses it.
+pub struct TlsAdmission {
+    runtime: SharedRuntime,
+    limits: ConnectionLimits,
+}
+
+impl TlsAdmission {
+    /// Admission to TLS listeners under `limits`.
+    pub fn new(runtime: SharedRuntime, limits: ConnectionLimits) -> Self {
+        TlsAdmission { runtime, limits }
+    }
+}
+
+#[async_trait]
+impl pingora::listeners::PreTlsProcess for TlsAdmission {
+    async fn process(&self, stream: &mut pingora::protocols::l4::stream::Stream) -> pingora::Result<()> {
+        use pingora::{Error, ErrorType};
+        let client = client_of(stream.get_socket_digest(), &self.runtime);
+        let admitted = OPEN.admit(client, &self.limits).map_err(|rejection| {
+            rejection.count();
+            Error::explain(ErrorType::AcceptError, rejection.label())
+        })?;
+        let id = stream.id();
+        // Stored before the wait, so that the connection counts while it is slow; replaced (and
+        // so released) by the next connection on this descriptor if this one fails.
+        handshaking().insert(id, (admitted, Instant::now()));
+        let deadline = Instant::now() + self.limits.header_timeout;
+        let read = async {
+            let mut header = [0u8; 5];
+            stream.read_exact(&mut header).await?;
+            let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            let mut record = vec![0u8; 5 + length.min(MAX_CLIENT_HELLO_RECORD)];
+            record[..5].copy_from_slice(&header);
+            // Not a TLS handshake record: OpenSSL refuses it; nothing more to wait for.
+            if header[0] == 0x16 {
+                stream.read_exact(&mut record[5..]).await?;
+            } else {
+                record.truncate(5);
+            }
+            std::io::Result::Ok(record)
+        };
+        match tokio::time::timeout_at(deadline.into(), read).await {
+            Ok(Ok(record)) => {
+                stream.rewind(&record);
+                Ok(())
+            }
+            _ => {
+                if let Some((admitted, _)) = handshaking().remove(&id) {
+                    drop(admitted);
+                }
+                Error::e_explain(ErrorType::HandshakeError, "no ClientHello within header_timeout")
+            }
+        }
+    }
+}
+
+/// The address a connection counts under, `None` for a trusted proxy (every client behind
+/// it shares its address) or an unknown peer.
+fn client_of(digest: Option<Arc<SocketDigest>>, runtime: &SharedRuntime) -> Option<IpAddr> {
+    let peer = digest.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+    peer.filter(|ip| !runtime.load().trusted_proxies.contains(*ip)).map(client_key)
+}
+
 /// One admitted connection, counted until dropped.
 struct Admitted {
     open: &'static OpenConnections,
@@ -274,10 +372,21 @@ impl ClientStream {
     }
 
     /// Reads more of the client's bytes into the read-ahead buffer; 0 at the end.
+    /// Never past `at_most` bytes in all: `reserve` may give more room than asked for.
     async fn read_more(&mut self, at_most: usize) -> std::io::Result<usize> {
+        let left = at_most.saturating_sub(self.read_ahead.len()).max(1);
         let room = if self.read_ahead.is_empty() { HEAD_BUFFER } else { self.read_ahead.len() };
-        self.read_ahead.reserve(room.min(at_most.saturating_sub(self.read_ahead.len())).max(1));
-        self.inner.read_buf(&mut self.read_ahead).await
+        self.read_ahead.reserve(room.min(left));
+        let mut limited = tokio::io::AsyncReadExt::take(&mut self.inner, left as u64);
+        limited.read_buf(&mut self.read_ahead).await
+    }
+
+    /// Gives a buffer a large head grew back, once Pingora has read all of it: an idle
+    /// keep-alive connection keeps at most the usual head buffer.
+    fn shrink(&mut self) {
+        if self.read_ahead.is_empty() && self.read_ahead.capacity() > HEAD_BUFFER {
+            self.read_ahead = BytesMut::new();
+        }
     }
 
     /// Waits until the buffer holds a whole request head.
@@ -293,8 +402,8 @@ impl ClientStream {
     ) -> Head {
         let mut scanned = 0;
         loop {
-            if head_end(&self.read_ahead, &mut scanned).is_some() {
-                return Head::Complete;
+            if let Some(end) = head_end(&self.read_ahead, &mut scanned) {
+                return if end > limits.max_header_size { Head::TooLarge } else { Head::Complete };
             }
             if self.read_ahead.len() >= limits.max_header_size {
                 return Head::TooLarge;
@@ -567,12 +676,18 @@ impl ClientConnections {
         }
     }
 
-    /// Counts the connection, or refuses it over a limit.
+    /// Counts the connection, or refuses it over a limit. A TLS connection was admitted before
+    /// its handshake ([`TlsAdmission`]); any other takes the place of a stale entry left on its
+    /// descriptor by a failed handshake.
     fn admit(&self, stream: &Stream) -> Result<Admitted, Rejection> {
-        let peer = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        // Behind a trusted proxy every client shares the proxy's address.
-        let client = peer.filter(|ip| !self.runtime.load().trusted_proxies.contains(*ip)).map(client_key);
-        OPEN.admit(client, &self.limits)
+        let earlier = handshaking().remove(&stream.id());
+        match earlier {
+            Some((admitted, _)) if stream.get_ssl_digest().is_some() => Ok(admitted),
+            stale => {
+                drop(stale);
+                OPEN.admit(client_of(stream.get_socket_digest(), &self.runtime), &self.limits)
+            }
+        }
     }
 
     /// Serves HTTP/1.x requests on `conn` until it closes: each head is read here, then the
@@ -582,6 +697,7 @@ impl ClientConnections {
         let mut deadline = Some(first_by);
         let mut persistent = None;
         loop {
+            conn.shrink();
             match conn.read_head(&self.limits, deadline, &mut watch).await {
                 Head::Complete => {}
                 Head::Closed => return,
@@ -728,6 +844,19 @@ mod tests {
         drop((second, third, again));
         assert_eq!(COUNTS.total(), 0);
         assert!(COUNTS.per_client.iter().all(|s| s.lock().unwrap().is_empty()), "no address is kept once gone");
+    }
+
+    #[test]
+    fn a_buffer_a_large_head_grew_is_given_back_once_read() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut stream = ClientStream::new(Box::new(server));
+        stream.read_ahead.reserve(64 * 1024);
+        stream.shrink();
+        assert_eq!(stream.read_ahead.capacity(), 0);
+        stream.read_ahead.reserve(HEAD_BUFFER);
+        let kept = stream.read_ahead.capacity();
+        stream.shrink();
+        assert_eq!(stream.read_ahead.capacity(), kept, "the usual buffer is kept for the next head");
     }
 
     #[tokio::test]

@@ -35,6 +35,7 @@ use crate::logs::access::AccessRecord;
 use crate::logs::{audit, Logs};
 use crate::metrics::METRICS;
 use crate::pipeline::admit::{self, Routing};
+use crate::pipeline::auth::AcceptedCredentials;
 use crate::pipeline::cors::{self, CorsPolicy};
 use crate::pipeline::ratelimit::Caller;
 use crate::pipeline::route::AuthMode;
@@ -140,7 +141,7 @@ impl Gateway {
         // Verification may have waited for a JWKS refresh: windows and headers use the time now.
         ctx.now = unix_now();
         ctx.principal = match authenticated {
-            Ok(principal) => principal,
+            Ok(principal) => AcceptedCredentials::ambient(route.credentials.as_ref(), route.auth, principal),
             Err(refusal) => {
                 if let GatewayError::AuthenticationFailed(failure) = &refusal {
                     if guessing && failure.is_guess() {

@@ -34,8 +34,15 @@ use crate::logs::Logs;
 pub const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long no connection must be open before the process exits: a connection accepted just
-/// before the listeners closed may still be on its way into the proxy (its TLS handshake).
+/// before the listeners closed may still be on its way into the proxy.
 pub const SETTLE: Duration = Duration::from_millis(50);
+
+/// How long, once every established connection is done, TLS handshakes still under way may
+/// take to finish (a handshake is a round trip or two; a failed one leaves its count behind).
+pub const HANDSHAKE_DRAIN: Duration = Duration::from_secs(2);
+
+/// How often admissions of TLS handshakes that Pingora gave up on are forgotten.
+pub const REAP_EVERY: Duration = Duration::from_secs(10);
 
 /// Set once `SIGTERM` arrived: `/readyz` answers 503 from then on.
 static DRAINING: AtomicBool = AtomicBool::new(false);
@@ -88,6 +95,7 @@ impl ShutdownSignalWatch for Signals {
             tokio::select! {
                 _ = tokio::time::sleep(self.delay) => {}
                 _ = next(&mut interrupt) => return ShutdownSignal::FastShutdown,
+                _ = next(&mut quit) => return ShutdownSignal::GracefulUpgrade,
                 // A second SIGTERM: no more waiting.
                 _ = next(&mut terminate) => {}
             }
@@ -115,16 +123,37 @@ impl DrainMonitor {
 #[async_trait]
 impl BackgroundService for DrainMonitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut reap = tokio::time::interval(REAP_EVERY);
         while !*shutdown.borrow_and_update() {
-            if shutdown.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = shutdown.changed() => if changed.is_err() { return },
+                _ = reap.tick() => OPEN.reap_handshakes(),
             }
         }
+        // Established connections first; TLS handshakes under way then get HANDSHAKE_DRAIN to
+        // come in (and be served), and are not waited for past it.
+        let mut established_done: Option<std::time::Instant> = None;
         loop {
-            OPEN.none_left().await;
-            tokio::time::sleep(SETTLE).await;
-            if OPEN.total() == 0 {
-                break;
+            let established = OPEN.total().saturating_sub(OPEN.handshaking());
+            if established == 0 {
+                let since = *established_done.get_or_insert_with(std::time::Instant::now);
+                if OPEN.handshaking() == 0 || since.elapsed() >= HANDSHAKE_DRAIN {
+                    // A connection accepted just before the listeners closed may still be on
+                    // its way into the proxy.
+                    tokio::time::sleep(SETTLE).await;
+                    if OPEN.total() == OPEN.handshaking()
+                        && (OPEN.handshaking() == 0 || since.elapsed() >= HANDSHAKE_DRAIN)
+                    {
+                        break;
+                    }
+                    continue;
+                }
+            } else {
+                established_done = None;
+            }
+            tokio::select! {
+                () = OPEN.none_left() => {}
+                () = tokio::time::sleep(SETTLE) => {}
             }
         }
         let logs = self.logs.clone();

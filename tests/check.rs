@@ -160,6 +160,11 @@ fn production_refuses_unsafe_settings_one_by_one() {
             "trusts every address",
         ),
         (
+            production.replace("[server]\n", "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"128.0.0.0/1\"]\n"),
+            "server.trusted_proxies[1]",
+            "trusts every address",
+        ),
+        (
             production.replace("targets = [\"127.0.0.1:9000\"]", "targets = [\"builtin:echo\"]"),
             "upstream[0].targets",
             "reflects every request",
@@ -669,6 +674,16 @@ fn explain_takes_headers_as_curl_does() {
     let (code, _, err) = explain(&["GET", "http://localhost/", "-H", "no colon"]);
     assert_eq!(code, 2);
     assert!(err.contains("is not \"Name: value\""), "{err}");
+    // Nor does a malformed one echo what may be a secret.
+    let (code, _, err) =
+        explain(&["GET", "http://localhost/", "-H", "Authorization Bearer pcs_secret-in-a-bad-header"]);
+    assert_eq!(code, 2);
+    assert!(!err.contains("pcs_secret"), "{err}");
+    let (code, _, err) = explain(&["GET", "http://localhost/", "-H", "X Api Key: pcs_secret-in-a-bad-name"]);
+    assert_eq!(code, 2);
+    assert!(!err.contains("pcs_secret"), "{err}");
+    let (_, out, _) = explain(&["GET", "http://localhost/own?token=pcs_secret-in-the-query"]);
+    assert!(!out.contains("pcs_secret"), "{out}");
 }
 
 /// What `explain` says about a preflight is what the gateway does with it: both call the same

@@ -4,6 +4,8 @@
 //! `max_connections_per_client` are closed at accept, each counted.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/certs.rs"]
+mod certs;
 mod common;
 
 use std::net::SocketAddr;
@@ -114,6 +116,15 @@ async fn a_head_over_max_header_size_gets_431() {
     assert_error_raw(&resp, 431, "HEADERS_TOO_LARGE");
     assert_eq!(resp.json()["error"]["details"]["max_header_size"], 2048);
     assert_eq!(rejected(admin, "header_too_large").await, 1);
+    // The limit does not depend on how the client splits its writes.
+    let mut split = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!("GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "y".repeat(3500));
+    split.write_all(&head.as_bytes()[..1500]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    split.write_all(&head.as_bytes()[1500..]).await.unwrap();
+    let answer = until_closed(&mut split).await.expect("closed");
+    assert!(answer.starts_with(b"HTTP/1.1 431 "), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(rejected(admin, "header_too_large").await, 2);
     // Just under the limit passes.
     let fits = "x".repeat(1500);
     assert_eq!(send(gw.addr, "GET", "/", &[("X-Big", &fits)]).await.status, 200);
@@ -184,4 +195,72 @@ async fn h2c_clients_must_send_the_preface_within_header_timeout() {
     let started = Instant::now();
     assert!(until_closed(&mut partial).await.is_some(), "still open");
     assert!(started.elapsed() >= Duration::from_millis(950));
+}
+
+/// A TLS client is admitted before its handshake: a stalled ClientHello counts toward the
+/// limits and is closed at `header_timeout`, rather than holding a connection for Pingora's 60 s
+/// handshake limit.
+#[tokio::test]
+async fn tls_handshakes_count_toward_the_limits_and_must_start_within_header_timeout() {
+    use openssl::ssl::{SslConnector, SslMethod};
+    let upstream = Upstream::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = certs::Ca::new("Test CA");
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let (cert, key) = ca.server(&["localhost"]).write(dir.path(), "site");
+    let admin = free_addr();
+    let addr = upstream.addr;
+    let gw = Gateway::start_from(|listen| {
+        format!(
+            "[server]\nallowed_hosts = [\"localhost\"]\nheader_timeout = \"1s\"\nmax_connections_per_client = 3\n\
+             [admin]\naddress = \"{admin}\"\n[[upstream]]\nname = \"api\"\ntargets = [\"{addr}\"]\n\
+             [[route]]\npath = \"/\"\nupstream = \"api\"\nauth = \"none\"\n\
+             [[listener]]\naddress = \"{listen}\"\n[listener.tls]\n[[listener.tls.certificate]]\ncert = \"{}\"\nkey = \"file:{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    })
+    .await;
+    wait_listening(admin).await;
+    // Three clients that send a TLS record header and nothing more.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(gw.addr).await.unwrap();
+        c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+        stalled.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let mut fourth = TcpStream::connect(gw.addr).await.unwrap();
+    assert_eq!(until_closed(&mut fourth).await.expect("closed"), b"", "over the per-client limit");
+    assert!(started.elapsed() < Duration::from_millis(800), "refused at accept, not at a timeout");
+    assert!(rejected(admin, "max_connections_per_client").await >= 1);
+    for c in &mut stalled {
+        assert!(until_closed(c).await.is_some(), "a stalled handshake outlived header_timeout");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    // A real client is served once they are gone.
+    let ca_file = dir.path().join("ca.pem");
+    let request = move |tcp: std::net::TcpStream| {
+        let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        builder.set_ca_file(&ca_file).unwrap();
+        let mut tls = builder.build().connect("localhost", tcp).unwrap();
+        use std::io::{Read, Write};
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).split(' ').nth(1).unwrap_or("").to_string()
+    };
+    let gateway = gw.addr;
+    let first = request.clone();
+    let status = tokio::task::spawn_blocking(move || first(std::net::TcpStream::connect(gateway).unwrap()));
+    assert_eq!(status.await.unwrap(), "200");
+    // A client that connected just before SIGTERM, and is slow to start its handshake, is still
+    // served: handshakes under way are waited for, a little.
+    let early = std::net::TcpStream::connect(gateway).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = tokio::task::spawn_blocking(move || request(early)).await.unwrap();
+    assert_eq!(status, "200", "the connection accepted before SIGTERM was dropped");
 }

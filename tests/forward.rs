@@ -124,11 +124,18 @@ async fn a_trusted_proxys_forwarded_host_and_scheme_are_replaced_unless_they_che
         ),
         ("Forwarded: proto=gopher\r\n", "forwarded", "for=127.0.0.1;host=\"localhost\";proto=http"),
         ("Forwarded: host=\"evil.example,localhost\"\r\n", "forwarded", "for=127.0.0.1;host=\"localhost\";proto=http"),
+        ("X-Forwarded-Proto: https, http\r\n", "x-forwarded-proto", "http"),
     ] {
         let seen = get(&gw, sent).await.json();
         assert_eq!(seen["headers"][header], serde_json::json!([expected]), "{sent}");
     }
-    assert_eq!(upstream.hits(), 8);
+    // Other spellings of the scheme and host are removed, whoever sends them.
+    let seen =
+        get(&gw, "X-Forwarded-Ssl: on\r\nX-Host: evil.example\r\nX-Forwarded-Prefix: //evil.example\r\n").await.json();
+    for gone in ["x-forwarded-ssl", "x-host", "x-forwarded-prefix"] {
+        assert!(seen["headers"].get(gone).is_none(), "{gone}: {seen}");
+    }
+    assert_eq!(upstream.hits(), 10);
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 //! | the admin listener on an address that is neither loopback nor private | `admin.address` |
 //! | a secret file (TLS key, HS* secret) readable by other users | the key naming it |
 //! | a configuration file, or its directory, writable by other users | the file |
-//! | `trusted_proxies` holding `0.0.0.0/0` or `::/0` (every client would choose its own address) | `server.trusted_proxies[i]` |
+//! | `trusted_proxies` wider than a /8 (IPv6: /7), such as `0.0.0.0/0`, `::/0` or two /1 halves (every client would choose its own address) | `server.trusted_proxies[i]` |
 //! | a `builtin:echo` upstream (it reflects the request, cookies and credentials included) | `upstream[i].targets` |
 //!
 //! Inline secrets are refused in every environment (keys and secrets come only through `env:`
@@ -82,11 +82,17 @@ pub(super) fn check(
         }
     }
     for (i, entry) in file.server.trusted_proxies.iter().flatten().enumerate() {
-        if entry.parse::<ipnet::IpNet>().is_ok_and(|net| net.prefix_len() == 0) {
+        // Wider than the widest private range of its family (10.0.0.0/8, fc00::/7): trusting it
+        // (or two halves of everything) trusts clients, not proxies.
+        let too_wide = entry.parse::<ipnet::IpNet>().is_ok_and(|net| match net {
+            ipnet::IpNet::V4(v4) => v4.prefix_len() < 8,
+            ipnet::IpNet::V6(v6) => v6.prefix_len() < 7,
+        });
+        if too_wide {
             p.push(
                 &format!("server.trusted_proxies[{i}]"),
-                format!("\"{entry}\" trusts every address: each client could choose its own address for every limit and log"),
-                "list only your load balancers' addresses or networks, e.g. \"10.0.0.0/8\"",
+                format!("\"{entry}\" trusts every address or nearly: each client could choose its own address for every limit and log"),
+                "list only your load balancers' addresses or networks (at most a /8, or /7 for IPv6), e.g. \"10.0.0.0/8\"",
             );
         }
     }

@@ -72,6 +72,22 @@ const PROXY_ASSERTIONS: [&str; 8] = [
     "x-forwarded-server",
 ];
 
+/// Other spellings of the forwarded scheme and host, which frameworks read before or instead of
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (Rack reads `X-Forwarded-Ssl: on` first): removed
+/// from everyone, trusted proxies included, so that the two checked headers are the only say.
+const FORWARDED_ALIASES: [&str; 7] = [
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "front-end-https",
+    "x-url-scheme",
+    "x-host",
+    "x-original-host",
+    "x-http-host-override",
+];
+
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -215,8 +231,26 @@ fn rewrite_headers(
     // What a trusted proxy says about the original request is kept only when it checks out.
     let routed = || parse_authority(fwd.host.as_bytes());
     let agrees = |authority: &[u8]| matches!((parse_authority(authority), routed()), (Some(a), Some(r)) if a.as_str() == r.as_str());
-    if !trusted || !entries_all(headers, &X_FORWARDED_PROTO, is_forwarded_scheme) {
+    // Entries that disagree are no scheme at all: backends pick different ones.
+    let first_scheme = headers
+        .get(&X_FORWARDED_PROTO)
+        .and_then(|v| v.as_bytes().split(|&b| b == b',').next())
+        .map(|first| first.trim_ascii().to_ascii_lowercase());
+    let one_scheme = |scheme: &[u8]| {
+        is_forwarded_scheme(scheme) && first_scheme.as_deref().is_some_and(|f| scheme.eq_ignore_ascii_case(f))
+    };
+    if !trusted || !entries_all(headers, &X_FORWARDED_PROTO, one_scheme) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.scheme));
+    }
+    // A trusted proxy's port and path prefix, which frameworks build URLs from, when well formed.
+    if trusted && headers.contains_key(&X_FORWARDED_PORT) && !entries_all(headers, &X_FORWARDED_PORT, is_port) {
+        headers.remove(&X_FORWARDED_PORT);
+    }
+    if trusted
+        && headers.contains_key(&X_FORWARDED_PREFIX)
+        && !entries_all(headers, &X_FORWARDED_PREFIX, is_path_prefix)
+    {
+        headers.remove(&X_FORWARDED_PREFIX);
     }
     if !trusted || !entries_all(headers, &X_FORWARDED_HOST, agrees) {
         headers.insert(X_FORWARDED_HOST, fwd.host.clone());
@@ -262,6 +296,22 @@ fn entries_all(headers: &HeaderMap, name: &HeaderName, valid: impl Fn(&[u8]) -> 
     let mut lines = headers.get_all(name).iter().peekable();
     lines.peek().is_some()
         && lines.all(|line| line.as_bytes().split(|&b| b == b',').all(|entry| valid(entry.trim_ascii())))
+}
+
+/// A port number, 1 to 65535.
+fn is_port(text: &[u8]) -> bool {
+    (1..=5).contains(&text.len())
+        && text.iter().all(u8::is_ascii_digit)
+        && std::str::from_utf8(text).ok().and_then(|t| t.parse::<u32>().ok()).is_some_and(|p| (1..=65535).contains(&p))
+}
+
+/// A canonical absolute path (`/api`), as a prefix a backend may put in front of its own paths:
+/// never `//evil.example`, which a URL builder would take for another host.
+fn is_path_prefix(text: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(text) else { return false };
+    text.starts_with('/')
+        && !text.contains(['?', '#'])
+        && crate::pipeline::path::normalize(text).is_ok_and(|c| c == text)
 }
 
 /// `http` or `https`, in any case: what a backend may put in front of `://`.
@@ -361,6 +411,8 @@ pub fn fate(name: &HeaderName) -> Option<&'static str> {
         "removed: names with _ are dropped (CGI-style servers read X_Auth_Subject as X-Auth-Subject)"
     } else if ROUTING_OVERRIDES.contains(&text) {
         "removed: it would make the backend serve another method or path than the one checked"
+    } else if FORWARDED_ALIASES.contains(&text) {
+        "removed: X-Forwarded-Proto and X-Forwarded-Host are the only forwarded scheme and host"
     } else if PROXY_ASSERTIONS.contains(&text) {
         "removed: believed only from server.trusted_proxies"
     } else if *name == X_FORWARDED_FOR {
@@ -383,6 +435,7 @@ fn is_reserved(name: &HeaderName, trusted: bool) -> bool {
         || name.starts_with(IDENTITY_HEADER_PREFIX)
         || name.contains('_')
         || ROUTING_OVERRIDES.contains(&name)
+        || FORWARDED_ALIASES.contains(&name)
         || (!trusted && PROXY_ASSERTIONS.contains(&name))
 }
 
@@ -562,6 +615,8 @@ mod tests {
             ("X-Forwarded-Proto", "javascript", "http"),
             ("X-Forwarded-Proto", "https://evil.com", "http"),
             ("X-Forwarded-Proto", "https, ftp", "http"),
+            ("X-Forwarded-Proto", "https, http", "http"),
+            ("X-Forwarded-Host", "api.example.com:0", "api.example.com:8080"),
             ("Forwarded", "host=evil.com", own),
             ("Forwarded", "for=1.2.3.4;host=api.example.com, host=evil.com", own),
             ("Forwarded", "proto=gopher", own),
@@ -577,12 +632,52 @@ mod tests {
         }
         for (name, value) in [
             ("X-Forwarded-Proto", "HTTPS"),
-            ("X-Forwarded-Proto", "https, http"),
+            ("X-Forwarded-Proto", "https, HTTPS"),
             ("Forwarded", "for=_hidden;by=unknown;secret=x"),
+            ("X-Forwarded-Port", "443"),
+            ("X-Forwarded-Prefix", "/api"),
         ] {
             let mut req = request(&[(name, value)]);
             forward(&mut req, "10.1.2.3");
             assert_eq!(get(&req, &name.to_ascii_lowercase()), Some(value), "{name}: {value}");
+        }
+    }
+
+    #[test]
+    fn other_spellings_of_the_scheme_and_host_are_removed_and_bad_ports_and_prefixes_dropped() {
+        for peer in ["10.1.2.3", "203.0.113.1"] {
+            let mut req = request(&[
+                ("X-Forwarded-Ssl", "on"),
+                ("Front-End-Https", "on"),
+                ("X-Forwarded-Scheme", "https"),
+                ("X-Url-Scheme", "https"),
+                ("X-Host", "evil.com"),
+                ("X-Original-Host", "evil.com"),
+                ("X-HTTP-Host-Override", "evil.com"),
+                ("X-Forwarded-Port", "0"),
+                ("X-Forwarded-Prefix", "//evil.com"),
+            ]);
+            forward(&mut req, peer);
+            for gone in [
+                "x-forwarded-ssl",
+                "front-end-https",
+                "x-forwarded-scheme",
+                "x-url-scheme",
+                "x-host",
+                "x-original-host",
+                "x-http-host-override",
+                "x-forwarded-port",
+                "x-forwarded-prefix",
+            ] {
+                assert_eq!(get(&req, gone), None, "{gone} from {peer}");
+            }
+        }
+        for bad in ["1337x", "65536", "", "80, 0"] {
+            let headers = request(&[("X-Forwarded-Port", bad)]).headers.clone();
+            assert!(!entries_all(&headers, &X_FORWARDED_PORT, is_port), "{bad}");
+        }
+        for bad in ["//evil.com", "/a/../b", "relative", "/a?x", "/a;b"] {
+            assert!(!is_path_prefix(bad.as_bytes()), "{bad}");
         }
     }
 

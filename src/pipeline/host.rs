@@ -56,7 +56,8 @@ pub fn parse_authority(authority: &[u8]) -> Option<RequestHost> {
             return None;
         }
         let value: u32 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-        if value > 65535 {
+        // Port 0 names no service: refused rather than passed on to a backend building URLs.
+        if value == 0 || value > 65535 {
             return None;
         }
     }
@@ -265,6 +266,8 @@ mod tests {
             "exam%70le.com",
             "example.com/x",
             "example.com:80:80",
+            "example.com:0",
+            "example.com:00",
         ] {
             assert_eq!(host(bad), None, "{bad:?} should be malformed");
         }

@@ -77,12 +77,17 @@ fn is_method_override(raw: &[u8]) -> bool {
         if b == b'%' {
             let value = raw
                 .get(i..i + 2)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(value) = value {
                 b = value;
                 i += 2;
             }
+        }
+        if b == 0 {
+            // PHP ends a name at a NUL: `_method%00x=DELETE` is `_method`.
+            break;
         }
         let b = match b {
             b'+' | b' ' if len == 0 => continue,
@@ -245,6 +250,8 @@ mod tests {
             "_method[]=DELETE",
             "_method",
             "x=1;_method=DELETE",
+            "_method%00=DELETE",
+            "_method%00x=DELETE",
         ] {
             assert!(matches!(check_query(Some(query)), Err(GatewayError::BadRequest(_))), "{query:?}");
         }

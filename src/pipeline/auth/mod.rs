@@ -144,6 +144,20 @@ pub struct AcceptedCredentials {
 }
 
 impl AcceptedCredentials {
+    /// On an `optional` route, a client certificate the route does not accept was offered
+    /// unasked (a browser sends one whenever it holds one): the caller is anonymous rather than
+    /// refused. Any other principal is kept, for [`Authenticator::authorize`] to judge.
+    pub fn ambient(
+        accepts: Option<&AcceptedCredentials>,
+        mode: AuthMode,
+        principal: Option<Principal>,
+    ) -> Option<Principal> {
+        match (&principal, accepts) {
+            (Some(Principal::Certificate(_)), Some(accepts)) if mode == AuthMode::Optional && !accepts.mtls => None,
+            _ => principal,
+        }
+    }
+
     /// Whether `principal` is of a kind this route accepts.
     pub fn accepts(&self, principal: &Principal) -> bool {
         match principal {
@@ -592,7 +606,18 @@ mod tests {
         let keys_and_any_jwt = AcceptedCredentials { api_key: true, any_jwt: true, ..AcceptedCredentials::default() };
         assert_eq!(a.authorize(Some(&key), Some(&keys_and_any_jwt), &read), Ok(()));
         assert_eq!(a.authorize(Some(&jwt_of(0)), Some(&keys_and_any_jwt), &read), Ok(()));
-        // Anonymous callers on an optional route are not a credential of another kind.
+        // Anonymous callers on an optional route are not a credential of another kind, and
+        // neither is a certificate a browser offered there unasked.
         assert_eq!(a.authorize(None, Some(&partner_only), &[]), Ok(()));
+        let certificate = Principal::Certificate(Arc::new(ClientCertificate {
+            subject: HeaderValue::from_static("CN=alice"),
+            issuer: HeaderValue::from_static("CN=ca"),
+        }));
+        let ambient = |mode| AcceptedCredentials::ambient(Some(&partner_only), mode, Some(certificate.clone()));
+        assert_eq!(ambient(AuthMode::Optional), None);
+        assert_eq!(ambient(AuthMode::Required), Some(certificate.clone()));
+        let with_mtls = AcceptedCredentials { mtls: true, ..AcceptedCredentials::default() };
+        let kept = AcceptedCredentials::ambient(Some(&with_mtls), AuthMode::Optional, Some(certificate.clone()));
+        assert_eq!(kept, Some(certificate));
     }
 }
