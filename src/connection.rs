@@ -288,31 +288,43 @@ struct Admitted {
 thread_local! {
     /// Whether this worker thread already has a [`schedule_purge`] task waiting.
     static PURGE_PENDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// When a connection of this thread last closed.
+    static LAST_CLOSE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
 }
 
-/// How long after a connection closes its thread makes the allocator look again: mimalloc
-/// hands freed pages back to the system once they have been free for its purge delay (1 s), at
-/// the thread's next page allocation or free. A gateway that goes quiet after many clients
-/// left (10,000 keep-alive connections closing at once: 90 MiB) would otherwise keep them
-/// until its next burst of traffic.
+/// How long after the last connection of a thread closed the thread makes the allocator look
+/// again: mimalloc hands freed pages back to the system once they have been free for its purge
+/// delay (1 s), at the thread's next page allocation or free. A gateway that goes quiet after
+/// many clients left (10,000 keep-alive connections closing at once: 90 MiB) would otherwise
+/// keep them until its next burst of traffic.
 const PURGE_AFTER: Duration = Duration::from_millis(1100);
 
 /// A fresh allocator page, allocated and freed at once: the allocator call that runs the purge.
 const PURGE_PROBE: usize = 8 << 20;
 
-/// Once per [`PURGE_AFTER`] on a thread whose connections close: allocates and frees one large
-/// block, never touched, so the allocator purges what the closed connections freed.
+/// On a thread whose connections close: once none has closed for [`PURGE_AFTER`], allocates
+/// and frees one large block, never touched, so the allocator purges what they freed. At most
+/// one task a thread waits for it.
 fn schedule_purge() {
+    LAST_CLOSE.with(|last| last.set(Some(Instant::now())));
     if PURGE_PENDING.with(|pending| pending.replace(true)) {
         return;
     }
-    // Pingora's workers are one runtime per thread: the task runs on this thread's heap.
+    // Pingora's workers are one runtime per thread (work stealing is off): the task runs on
+    // this thread, against this thread's heap.
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         PURGE_PENDING.with(|pending| pending.set(false));
         return;
     };
     runtime.spawn(async {
-        tokio::time::sleep(PURGE_AFTER).await;
+        loop {
+            let last = LAST_CLOSE.with(std::cell::Cell::get).unwrap_or_else(Instant::now);
+            let due = last + PURGE_AFTER;
+            if Instant::now() >= due {
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
         drop(std::hint::black_box(Vec::<u8>::with_capacity(PURGE_PROBE)));
         PURGE_PENDING.with(|pending| pending.set(false));
     });
