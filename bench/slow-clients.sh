@@ -6,7 +6,9 @@
 # CONNECTIONS (default 10000) connections from loopback, each of KIND (default `half`):
 #   half   sends a partial request head, then one more header line every 5 s (slowloris);
 #   idle   connects and sends nothing;
-#   kept   sends a whole request, reads the answer, and keeps the connection idle (keep-alive).
+#   kept   sends a whole request, reads the answer, and keeps the connection idle (keep-alive);
+#   hello  (TLS=1 only) sends a whole ClientHello and nothing more: it stalls in the handshake,
+#          which the gateway cuts at header_timeout (Pingora alone: 60 s).
 # The gateway runs from target/release with a config made here (its limits raised so that every
 # connection from 127.0.0.1 is admitted). Printed: the gateway's RSS at start, with every
 # connection open (measured before header_timeout closes the half-sent ones), the cost per
@@ -21,7 +23,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 connections=${1:-10000}
 kind=${2:-half}
-case "$kind" in half | idle | kept) ;; *) echo "slow-clients: KIND is half, idle or kept" >&2; exit 2 ;; esac
+case "$kind" in half | idle | kept) ;; hello) [ -n "${TLS:-}" ] || { echo "slow-clients: hello needs TLS=1" >&2; exit 2; } ;;
+  *) echo "slow-clients: KIND is half, idle, kept or hello" >&2; exit 2 ;; esac
 ulimit -n $((connections * 2 + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 [ -x target/release/portcullis ] || cargo build --release --locked --quiet
 work=$(mktemp -d)
@@ -65,6 +68,18 @@ async def connect():
     if tls:
         return await asyncio.open_connection("127.0.0.1", port, ssl=tls, server_hostname="localhost")
     return await asyncio.open_connection("127.0.0.1", port)
+
+async def stalled_handshake():
+    """A TCP connection that has sent a real ClientHello, and will send nothing more."""
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hello = tls.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        hello.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    w.write(outgoing.read())
+    return r, w
 HEADER_TIMEOUT = 10  # the gateway's default server.header_timeout
 
 def rss_kib():
@@ -99,7 +114,7 @@ def open_fds():
 
 async def client(i, opened):
     try:
-        r, w = await connect()
+        r, w = await (stalled_handshake() if kind == "hello" else connect())
     except (OSError, ssl.SSLError):
         opened.append(False)
         return
@@ -176,8 +191,12 @@ async def main():
         for t in tasks:
             t.cancel()
     else:
-        await asyncio.sleep(HEADER_TIMEOUT + 5 - open_for)
-        print(f"closed by the gateway within {HEADER_TIMEOUT + 5}s: {len(closed_at)} of {total}")
+        limit = HEADER_TIMEOUT
+        await asyncio.sleep(limit + 5 - open_for)
+        print(f"closed by the gateway within {limit + 5}s: {len(closed_at)} of {total}")
+        if closed_at:
+            times = sorted(closed_at.values())
+            print(f"  closed after (median, slowest): {times[len(times) // 2]:.1f}s, {times[-1]:.1f}s")
         for t in tasks:
             t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -266,6 +266,19 @@ fn keys_from(issuer: &Issuer) -> String {
     }
 }
 
+/// `url` as `explain` shows it: any `user:password@` cut out, the rest redacted as a logged
+/// request target is.
+fn shown_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    let url = if scheme.is_empty() { rest.to_string() } else { format!("{scheme}://{rest}") };
+    crate::redact::redact_target(&url)
+}
+
 /// `portcullis explain`: how `method url` with `headers` (`Name: value`, as curl's `-H`) would
 /// be handled under `config`: the text to print, and whether the request would be routed
 /// (`false`: refused; without a credential header, whatever its credentials). `Err` when the
@@ -275,14 +288,22 @@ pub fn explain(config: &Config, method: &str, url: &str, headers: &[String]) -> 
     let rt = &config.runtime;
     let mut out = String::new();
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| format!("\"{method}\" is not an HTTP method"))?;
-    let uri: Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL"))?;
+    // The URL is only ever shown redacted, as logs show it: its query or user:password may be
+    // a secret.
+    let shown = shown_url(url);
+    let uri: Uri = url.parse().map_err(|_| format!("\"{shown}\" is not a URL"))?;
     let (Some(authority), Some(path)) = (uri.authority(), uri.path_and_query()) else {
-        return Err(format!("\"{url}\" is not an absolute URL: write http://HOST/PATH so the host rules apply"));
+        return Err(format!("\"{shown}\" is not an absolute URL: write http://HOST/PATH so the host rules apply"));
     };
-    // The query may carry a secret (?token=...): shown redacted, as logs show it.
-    let _ = writeln!(out, "request:     {method} {}", crate::redact::redact_target(url));
+    if authority.as_str().contains('@') {
+        return Err(
+            "the URL carries a user:password (not shown): give a credential with -H, as the gateway would see it"
+                .into(),
+        );
+    }
+    let _ = writeln!(out, "request:     {method} {shown}");
     let mut req = RequestHeader::build(method.clone(), path.as_str().as_bytes(), None)
-        .map_err(|_| format!("\"{url}\" is not a request target"))?;
+        .map_err(|_| format!("\"{shown}\" is not a request target"))?;
     let mut host_given = false;
     for header in headers {
         // Never echoed: a malformed header may still hold a secret.
@@ -296,7 +317,7 @@ pub fn explain(config: &Config, method: &str, url: &str, headers: &[String]) -> 
     }
     if !host_given {
         req.insert_header(http::header::HOST, authority.as_str())
-            .map_err(|_| format!("\"{authority}\" is not a host"))?;
+            .map_err(|_| format!("\"{}\" is not a host", crate::redact::redact_value(authority.as_str())))?;
     }
 
     let refused = |mut out: String, e: GatewayError| {

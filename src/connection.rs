@@ -22,9 +22,11 @@
 //! 24-byte preface within `header_timeout`; then Pingora's HTTP/2 server takes it, and closes
 //! it once no stream has been open for `idle_timeout`.
 //!
-//! A TLS connection is admitted before its handshake ([`TlsAdmission`]), and must send its
-//! whole ClientHello within `header_timeout`; the rest of the handshake is bounded by
-//! Pingora's own fixed 60 s, and the first request head's `header_timeout` starts after it.
+//! A TLS connection is admitted before its handshake ([`TlsAdmission`]), must send its whole
+//! ClientHello within `header_timeout`, and is shut down if its handshake is not done within
+//! `header_timeout` of its start (checked every second, [`OpenConnections::reap_handshakes`]):
+//! Pingora's own bound is a fixed 60 s. The first request head's `header_timeout` starts once
+//! the handshake is done.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -84,15 +86,18 @@ pub enum Rejection {
     HeaderTimeout,
     /// A request head over `server.max_header_size` (431).
     HeaderTooLarge,
+    /// On a TLS listener, bytes that are not a TLS ClientHello, or one over 16 KiB.
+    BadClientHello,
 }
 
 impl Rejection {
     /// Every reason, for the metric's zero values.
-    pub const ALL: [Rejection; 4] = [
+    pub const ALL: [Rejection; 5] = [
         Rejection::MaxConnections,
         Rejection::MaxConnectionsPerClient,
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
+        Rejection::BadClientHello,
     ];
 
     /// The metric label.
@@ -102,6 +107,7 @@ impl Rejection {
             Rejection::MaxConnectionsPerClient => "max_connections_per_client",
             Rejection::HeaderTimeout => "header_timeout",
             Rejection::HeaderTooLarge => "header_too_large",
+            Rejection::BadClientHello => "bad_client_hello",
         }
     }
 
@@ -182,41 +188,115 @@ impl OpenConnections {
     }
 }
 
-/// TLS connections admitted before their handshake, by descriptor, until the proxy takes them
-/// ([`ClientConnections`] finds a connection's admission here by its descriptor), with when they
-/// were admitted. A handshake that fails leaves its entry behind: the next connection given the
-/// same descriptor replaces it, and [`OpenConnections::reap_handshakes`] drops those older than
-/// Pingora's handshake limit.
-static HANDSHAKING: Lazy<Mutex<HashMap<UniqueIDType, (Admitted, Instant)>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+/// TLS connections past their ClientHello, in OpenSSL's handshake, by descriptor, until the
+/// proxy takes them ([`ClientConnections`] finds a connection's admission here by its
+/// descriptor). A handshake that fails leaves its entry behind, with no way here to see it
+/// fail: the next connection given the same descriptor replaces it, and
+/// [`OpenConnections::reap_handshakes`] drops it once its descriptor is no longer the client's
+/// socket.
+static HANDSHAKING: Lazy<Mutex<HashMap<UniqueIDType, Handshake>>> = Lazy::new(|| Mutex::new(HashMap::new()));
 
-/// Pingora allows a TLS handshake this long (fixed in its accept loop).
+/// One connection in its TLS handshake.
+struct Handshake {
+    admitted: Admitted,
+    since: Instant,
+    /// The client's address, to tell whether the descriptor is still its connection.
+    peer: Option<std::net::SocketAddr>,
+    /// `header_timeout` after the connection was accepted: the handshake must be done by then.
+    deadline: Instant,
+    /// Whether the connection was shut down for missing it.
+    cut: bool,
+}
+
+/// Pingora allows a TLS handshake this long (fixed in its accept loop), the ClientHello's wait
+/// included.
 pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(60);
 
-/// The largest TLS record the ClientHello may arrive in (RFC 8446 §5.1, with padding room).
-const MAX_CLIENT_HELLO_RECORD: usize = 16384 + 2048;
+/// The largest TLS record (RFC 8446 §5.1: a plaintext fragment is at most 2^14 bytes).
+const MAX_TLS_RECORD: usize = 16384;
 
-fn handshaking() -> std::sync::MutexGuard<'static, HashMap<UniqueIDType, (Admitted, Instant)>> {
+/// The largest ClientHello accepted, however many records it spans. Browsers send under 2 KiB
+/// (2 KiB with a post-quantum key share); a larger one is only a way to hold memory.
+const MAX_CLIENT_HELLO: usize = 16384;
+
+/// Connections admitted and waiting for their ClientHello.
+static AWAITING_HELLO: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one connection in [`AWAITING_HELLO`] until dropped.
+struct AwaitingHello;
+
+impl AwaitingHello {
+    fn new() -> Self {
+        AWAITING_HELLO.fetch_add(1, Ordering::AcqRel);
+        AwaitingHello
+    }
+}
+
+impl Drop for AwaitingHello {
+    fn drop(&mut self) {
+        AWAITING_HELLO.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn handshaking() -> std::sync::MutexGuard<'static, HashMap<UniqueIDType, Handshake>> {
     HANDSHAKING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl OpenConnections {
-    /// Connections admitted and still in their TLS handshake (or whose handshake failed, until
-    /// reaped).
+    /// Connections admitted and in their TLS handshake: waiting for the ClientHello, or past it
+    /// (or whose handshake failed there, until reaped or their descriptor is reused).
     pub fn handshaking(&self) -> usize {
-        handshaking().len()
+        handshaking().len() + AWAITING_HELLO.load(Ordering::Acquire)
     }
 
-    /// Forgets the admissions of handshakes older than [`HANDSHAKE_LIMIT`]: Pingora has given
-    /// up on them.
+    /// Forgets the admissions of handshakes that are over without reaching the proxy: their
+    /// descriptor is closed or another socket's (the handshake failed), or they are older than
+    /// [`HANDSHAKE_LIMIT`] (Pingora gave up on them). Shuts down the connections of those still
+    /// under way past their `header_timeout` (OpenSSL then fails the handshake at once), which
+    /// would otherwise hold their memory for Pingora's 60 s. The descriptors are looked at
+    /// outside the lock, which admissions take.
     pub fn reap_handshakes(&self) {
-        handshaking().retain(|_, (_, at)| at.elapsed() < HANDSHAKE_LIMIT);
+        let entries: Vec<_> =
+            handshaking().iter().map(|(&fd, h)| (fd, h.since, h.peer, (!h.cut).then_some(h.deadline))).collect();
+        let now = Instant::now();
+        let (mut over, mut late) = (Vec::new(), Vec::new());
+        for (fd, since, peer, deadline) in entries {
+            if since.elapsed() >= HANDSHAKE_LIMIT || peer_of(fd) != peer {
+                over.push((fd, since));
+            } else if deadline.is_some_and(|deadline| now >= deadline) {
+                late.push((fd, since, peer));
+            }
+        }
+        if over.is_empty() && late.is_empty() {
+            return;
+        }
+        let mut handshakes = handshaking();
+        // Each unless a new connection took the descriptor meanwhile.
+        let same = |handshakes: &HashMap<UniqueIDType, Handshake>, fd, since| {
+            handshakes.get(&fd).is_some_and(|h: &Handshake| h.since == since)
+        };
+        for (fd, since) in over {
+            if same(&handshakes, fd, since) {
+                handshakes.remove(&fd);
+            }
+        }
+        for (fd, since, peer) in late {
+            if same(&handshakes, fd, since) && peer_of(fd) == peer {
+                if let Some(handshake) = handshakes.get_mut(&fd) {
+                    handshake.cut = true;
+                }
+                Rejection::HeaderTimeout.count();
+                let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+            }
+        }
     }
 }
 
 /// Before a TLS handshake: the connection is admitted (so the limits count it from its first
 /// moment, not after a handshake a client may drag out) and must send its whole ClientHello
-/// within `header_timeout`; then OpenSSL gets the bytes. Only the record's 5-byte header is read
-/// to know when the ClientHello is in: OpenSSL parses it.
+/// within `header_timeout`; then OpenSSL gets the bytes, and the handshake must be done by the
+/// same deadline. Only the framing is read here (record
+/// headers and the handshake message's length, [`client_hello_end`]): OpenSSL parses the rest.
 pub struct TlsAdmission {
     runtime: SharedRuntime,
     limits: ConnectionLimits,
@@ -233,42 +313,119 @@ impl TlsAdmission {
 impl pingora::listeners::PreTlsProcess for TlsAdmission {
     async fn process(&self, stream: &mut pingora::protocols::l4::stream::Stream) -> pingora::Result<()> {
         use pingora::{Error, ErrorType};
+        let id = stream.id();
+        // A descriptor is given to a new connection only once the earlier one on it has closed:
+        // an admission left there by a handshake that failed is released before this one counts.
+        drop(handshaking().remove(&id));
         let client = client_of(stream.get_socket_digest(), &self.runtime);
         let admitted = OPEN.admit(client, &self.limits).map_err(|rejection| {
             rejection.count();
             Error::explain(ErrorType::AcceptError, rejection.label())
         })?;
-        let id = stream.id();
-        // Stored before the wait, so that the connection counts while it is slow; replaced (and
-        // so released) by the next connection on this descriptor if this one fails.
-        handshaking().insert(id, (admitted, Instant::now()));
+        // Held by this future while the ClientHello arrives, so released with it however the
+        // wait ends (Pingora's handshake limit drops the future if header_timeout is longer).
+        let awaiting = AwaitingHello::new();
         let deadline = Instant::now() + self.limits.header_timeout;
-        let read = async {
-            let mut header = [0u8; 5];
-            stream.read_exact(&mut header).await?;
-            let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
-            let mut record = vec![0u8; 5 + length.min(MAX_CLIENT_HELLO_RECORD)];
-            record[..5].copy_from_slice(&header);
-            // Not a TLS handshake record: OpenSSL refuses it; nothing more to wait for.
-            if header[0] == 0x16 {
-                stream.read_exact(&mut record[5..]).await?;
-            } else {
-                record.truncate(5);
+        let read = read_client_hello(stream);
+        let refused = match tokio::time::timeout_at(deadline.into(), read).await {
+            Ok(Ok(hello)) => {
+                stream.rewind(&hello);
+                // From here OpenSSL has the connection; the proxy takes the admission over.
+                let handshake = Handshake { admitted, since: Instant::now(), peer: peer_of(id), deadline, cut: false };
+                handshaking().insert(id, handshake);
+                drop(awaiting);
+                return Ok(());
             }
-            std::io::Result::Ok(record)
+            Ok(Err(HelloError::Closed)) => {
+                return Error::e_explain(ErrorType::HandshakeError, "closed before its ClientHello")
+            }
+            Ok(Err(HelloError::Malformed)) => Rejection::BadClientHello,
+            Err(_) => Rejection::HeaderTimeout,
         };
-        match tokio::time::timeout_at(deadline.into(), read).await {
-            Ok(Ok(record)) => {
-                stream.rewind(&record);
-                Ok(())
-            }
-            _ => {
-                if let Some((admitted, _)) = handshaking().remove(&id) {
-                    drop(admitted);
-                }
-                Error::e_explain(ErrorType::HandshakeError, "no ClientHello within header_timeout")
-            }
+        refused.count();
+        Error::e_explain(ErrorType::HandshakeError, refused.label())
+    }
+}
+
+/// The address of the peer of the socket `fd`, `None` if it is not a connected socket.
+fn peer_of(fd: UniqueIDType) -> Option<std::net::SocketAddr> {
+    use nix::sys::socket::{getpeername, SockaddrStorage};
+    // A closed descriptor fails with EBADF, a listening socket with ENOTCONN.
+    let peer: SockaddrStorage = getpeername(fd).ok()?;
+    match (peer.as_sockaddr_in(), peer.as_sockaddr_in6()) {
+        (Some(v4), _) => Some(std::net::SocketAddr::V4((*v4).into())),
+        (_, Some(v6)) => Some(std::net::SocketAddr::V6((*v6).into())),
+        _ => None,
+    }
+}
+
+/// Why no ClientHello was handed to OpenSSL.
+#[derive(Debug, PartialEq, Eq)]
+enum HelloError {
+    /// The client closed (or reset) the connection first.
+    Closed,
+    /// Not a TLS ClientHello, or one larger than [`MAX_CLIENT_HELLO`].
+    Malformed,
+}
+
+/// Reads TLS records until they hold a whole ClientHello, and returns the bytes read.
+async fn read_client_hello(stream: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, HelloError> {
+    let mut bytes = Vec::with_capacity(512);
+    let mut hello = ClientHelloFraming::default();
+    loop {
+        let record = bytes.len();
+        bytes.resize(record + 5, 0);
+        stream.read_exact(&mut bytes[record..]).await.map_err(|_| HelloError::Closed)?;
+        let length = record_length(&bytes[record..]).ok_or(HelloError::Malformed)?;
+        if record + 5 + length > MAX_HELLO_BYTES {
+            return Err(HelloError::Malformed);
         }
+        bytes.resize(record + 5 + length, 0);
+        stream.read_exact(&mut bytes[record + 5..]).await.map_err(|_| HelloError::Closed)?;
+        if hello.add(&bytes[record + 5..])? {
+            return Ok(bytes);
+        }
+    }
+}
+
+/// The most bytes read for a ClientHello, record headers included: room for one split over
+/// records of a few bytes each, not for a client making its records as small as it can.
+const MAX_HELLO_BYTES: usize = 2 * MAX_CLIENT_HELLO;
+
+/// The length of the record whose 5-byte header is `header`, if it is a TLS handshake record
+/// (content type 22, version 3.x) of a length a record may have.
+fn record_length(header: &[u8]) -> Option<usize> {
+    let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    (header[0] == 0x16 && header[1] == 3 && (1..=MAX_TLS_RECORD).contains(&length)).then_some(length)
+}
+
+/// Where a ClientHello is, record by record: the handshake message's 4-byte header (type 1 and
+/// a 24-bit length, RFC 8446 §4) and how much of the message has arrived. A message may be
+/// split over records, its header included.
+#[derive(Default)]
+struct ClientHelloFraming {
+    header: [u8; 4],
+    received: usize,
+}
+
+impl ClientHelloFraming {
+    /// Adds one record's fragment; whether the message is whole.
+    fn add(&mut self, fragment: &[u8]) -> Result<bool, HelloError> {
+        let had = self.received;
+        self.received += fragment.len();
+        if had < 4 {
+            let header = &fragment[..(4 - had).min(fragment.len())];
+            self.header[had..had + header.len()].copy_from_slice(header);
+        }
+        if self.received < 4 {
+            return Ok(false);
+        }
+        let [kind, length @ ..] = self.header;
+        let length = usize::from(length[0]) << 16 | usize::from(length[1]) << 8 | usize::from(length[2]);
+        if kind != 1 || length > MAX_CLIENT_HELLO {
+            return Err(HelloError::Malformed);
+        }
+        Ok(self.received >= 4 + length)
     }
 }
 
@@ -694,7 +851,7 @@ impl ClientConnections {
     fn admit(&self, stream: &Stream) -> Result<Admitted, Rejection> {
         let earlier = handshaking().remove(&stream.id());
         match earlier {
-            Some((admitted, _)) if stream.get_ssl_digest().is_some() => Ok(admitted),
+            Some(handshake) if stream.get_ssl_digest().is_some() => Ok(handshake.admitted),
             stale => {
                 drop(stale);
                 OPEN.admit(client_of(stream.get_socket_digest(), &self.runtime), &self.limits)
@@ -817,6 +974,81 @@ mod tests {
             let first = head_end(&head[..cut], &mut scanned);
             let found = first.or_else(|| head_end(head, &mut scanned));
             assert_eq!(found, Some(head.len() - 4), "split at {cut}");
+        }
+    }
+
+    /// A TLS handshake record holding `fragment`.
+    fn record(fragment: &[u8]) -> Vec<u8> {
+        let mut record = vec![0x16, 0x03, 0x01];
+        record.extend_from_slice(&u16::try_from(fragment.len()).unwrap().to_be_bytes());
+        record.extend_from_slice(fragment);
+        record
+    }
+
+    /// A ClientHello message of `body` bytes (its content is OpenSSL's to judge).
+    fn client_hello(body: usize) -> Vec<u8> {
+        let mut message = vec![1, (body >> 16) as u8, (body >> 8) as u8, body as u8];
+        message.resize(4 + body, 0xab);
+        message
+    }
+
+    async fn read_hello(bytes: &[u8]) -> Result<Vec<u8>, HelloError> {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let bytes = bytes.to_vec();
+        // The reader may stop early: the writer's errors are not the test's.
+        tokio::spawn(async move { client.write_all(&bytes).await });
+        read_client_hello(&mut server).await
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_is_read_whole_however_its_records_split_it() {
+        let hello = client_hello(600);
+        let one = record(&hello);
+        assert_eq!(read_hello(&one).await.unwrap(), one);
+        // Split over records, the message header itself included, with what follows left unread.
+        for cut in [1, 2, 3, 4, 5, 300, 603] {
+            let mut two = record(&hello[..cut]);
+            two.extend(record(&hello[cut..]));
+            let mut sent = two.clone();
+            sent.extend_from_slice(b"\x14\x03\x03");
+            assert_eq!(read_hello(&sent).await.unwrap(), two, "split at {cut}");
+        }
+        let mut byte_by_byte = Vec::new();
+        for b in &hello[..10] {
+            byte_by_byte.extend(record(&[*b]));
+        }
+        byte_by_byte.extend(record(&hello[10..]));
+        assert_eq!(read_hello(&byte_by_byte).await.unwrap(), byte_by_byte);
+        // The largest accepted: it takes two records.
+        let largest = client_hello(MAX_CLIENT_HELLO);
+        let mut two = record(&largest[..MAX_TLS_RECORD]);
+        two.extend(record(&largest[MAX_TLS_RECORD..]));
+        assert_eq!(read_hello(&two).await.unwrap(), two);
+    }
+
+    #[tokio::test]
+    async fn what_is_not_a_client_hello_is_refused_without_waiting_for_more() {
+        let refused = [
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            vec![0x80, 0x2e, 0x01, 0x03, 0x01], // SSLv2-style hello
+            vec![0x17, 0x03, 0x03, 0x00, 0x10], // application data first
+            vec![0x16, 0x02, 0x00, 0x00, 0x10], // not version 3.x
+            vec![0x16, 0x03, 0x01, 0x00, 0x00], // an empty record
+            vec![0x16, 0x03, 0x01, 0x40, 0x01], // a record over 2^14 bytes
+            record(&[2, 0, 0, 4, 0, 0, 0, 0]),  // a ServerHello
+            record(&[1, 0x00, 0x40, 0x01]),     // a ClientHello over 16 KiB
+        ];
+        for bytes in refused {
+            assert_eq!(read_hello(&bytes).await.err(), Some(HelloError::Malformed), "{bytes:02x?}");
+        }
+        // Records of one byte each: refused once they hold twice MAX_CLIENT_HELLO.
+        let hello = client_hello(MAX_CLIENT_HELLO - 4);
+        let tiny: Vec<u8> = hello.iter().flat_map(|b| record(&[*b])).collect();
+        assert_eq!(read_hello(&tiny).await.err(), Some(HelloError::Malformed));
+        // Cut short: the client closed.
+        for cut in [0, 3, 5, 100] {
+            assert_eq!(read_hello(&record(&client_hello(600))[..cut]).await.err(), Some(HelloError::Closed));
         }
     }
 

@@ -205,13 +205,14 @@ impl Metrics {
                 "portcullis_connections_rejected_total",
                 "Client connections closed by the gateway before a request was served, by reason: \
                  max_connections, max_connections_per_client (at accept), header_timeout (408), \
-                 header_too_large (431).",
+                 header_too_large (431), bad_client_hello (not a TLS ClientHello).",
                 &["reason"],
             ),
             log_lines_dropped: counter(
                 &r,
                 "portcullis_log_lines_dropped_total",
-                "Access and audit log lines dropped, by log and reason (queue_full or write_error).",
+                "Log lines dropped, by log and reason: access and audit lines (queue_full or write_error), \
+                 error lines any client can cause past one a second (rate_limited).",
                 &["log", "reason"],
             ),
             registry: r,

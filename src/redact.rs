@@ -175,7 +175,8 @@ const SECRET_PARAMS: [&str; 15] = [
 
 /// A request target (`/path?query`) for a log line: the path redacted, each query parameter
 /// whose name hints at a credential emptied to [`REDACTED`], the other values redacted, and the
-/// whole cut at [`MAX_LOGGED_VALUE`].
+/// whole cut at [`MAX_LOGGED_VALUE`]. Parameters are split at `&` and at `;`, which some
+/// upstreams also take as a separator (`?a=1;sig=...`).
 pub fn redact_target(target: &str) -> String {
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -185,10 +186,10 @@ pub fn redact_target(target: &str) -> String {
     out.push_str(&redact(path));
     if let Some(query) = query {
         out.push('?');
-        for (i, pair) in query.split('&').enumerate() {
-            if i > 0 {
-                out.push('&');
-            }
+        let mut rest = query;
+        loop {
+            let end = rest.find(['&', ';']).unwrap_or(rest.len());
+            let pair = &rest[..end];
             match pair.split_once('=') {
                 Some((name, _)) if is_secret_param(name) => {
                     out.push_str(&redact(name));
@@ -199,6 +200,9 @@ pub fn redact_target(target: &str) -> String {
                 None if pair.contains('%') && pair_is_secret(pair) => out.push_str(REDACTED),
                 _ => out.push_str(&redact(pair)),
             }
+            let Some(separator) = rest[end..].chars().next() else { break };
+            out.push(separator);
+            rest = &rest[end + 1..];
         }
     }
     truncate(out)
@@ -307,6 +311,8 @@ mod tests {
         assert_eq!(redact_target("/plain/path"), "/plain/path");
         assert_eq!(redact_target("/p?code=4/0AX4&state=ok"), "/p?code=[REDACTED]&state=ok");
         assert_eq!(redact_target("/p?flag"), "/p?flag");
+        assert_eq!(redact_target("/p?"), "/p?");
+        assert_eq!(redact_target("/p?a=1;sig=abc;b=2&&token=x"), "/p?a=1;sig=[REDACTED];b=2&&token=[REDACTED]");
         assert_eq!(redact_target("/p?tok%65n=abc&q=1"), "/p?tok%65n=[REDACTED]&q=1");
         assert_eq!(redact_target("/p?api_key%3Dabc"), "/p?[REDACTED]");
         assert_eq!(redact_target("/p?passphrase=abc&phpsessid=def"), "/p?passphrase=[REDACTED]&phpsessid=[REDACTED]");

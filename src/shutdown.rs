@@ -38,11 +38,12 @@ pub const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SETTLE: Duration = Duration::from_millis(50);
 
 /// How long, once every established connection is done, TLS handshakes still under way may
-/// take to finish (a handshake is a round trip or two; a failed one leaves its count behind).
+/// take to finish (a handshake is a round trip or two).
 pub const HANDSHAKE_DRAIN: Duration = Duration::from_secs(2);
 
-/// How often admissions of TLS handshakes that Pingora gave up on are forgotten.
-pub const REAP_EVERY: Duration = Duration::from_secs(10);
+/// How often admissions of TLS handshakes that failed are forgotten (one `getpeername` per
+/// handshake under way).
+pub const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// Set once `SIGTERM` arrived: `/readyz` answers 503 from then on.
 static DRAINING: AtomicBool = AtomicBool::new(false);
@@ -134,6 +135,7 @@ impl BackgroundService for DrainMonitor {
         // come in (and be served), and are not waited for past it.
         let mut established_done: Option<std::time::Instant> = None;
         loop {
+            OPEN.reap_handshakes();
             let established = OPEN.total().saturating_sub(OPEN.handshaking());
             if established == 0 {
                 let since = *established_done.get_or_insert_with(std::time::Instant::now);

@@ -165,6 +165,17 @@ fn production_refuses_unsafe_settings_one_by_one() {
             "trusts every address",
         ),
         (
+            production.replace("[server]\n", "[server]\ntrusted_proxies = [\"fc00::/7\", \"2a00::/7\"]\n"),
+            "server.trusted_proxies[1]",
+            "trusts every address",
+        ),
+        (
+            production
+                .replace("[server]\n", "[server]\ntrusted_proxies = [\"2606:4700::/32\", \"::ffff:0.0.0.0/97\"]\n"),
+            "server.trusted_proxies[1]",
+            "trusts every address",
+        ),
+        (
             production.replace("targets = [\"127.0.0.1:9000\"]", "targets = [\"builtin:echo\"]"),
             "upstream[0].targets",
             "reflects every request",
@@ -179,6 +190,11 @@ fn production_refuses_unsafe_settings_one_by_one() {
         let (code, _, err) = check(&development);
         assert_eq!(code, 0, "{key} is fine in development: {err}");
     }
+    // Load balancers' ranges are fine: private ones, and public ones as wide as a provider's.
+    let proxies =
+        r#"trusted_proxies = ["10.0.0.0/8", "fc00::/7", "2a06:98c0::/29", "2600:9000::/28", "::ffff:10.0.0.0/104"]"#;
+    let (code, _, err) = check(&production.replace("[server]\n", &format!("[server]\n{proxies}\n")));
+    assert_eq!(code, 0, "{err}");
     // Private admin addresses are fine.
     let (code, _, err) = check(&format!("{production}\n[admin]\naddress = \"10.0.0.5:9100\"\n"));
     assert_eq!(code, 0, "{err}");
@@ -684,6 +700,19 @@ fn explain_takes_headers_as_curl_does() {
     assert!(!err.contains("pcs_secret"), "{err}");
     let (_, out, _) = explain(&["GET", "http://localhost/own?token=pcs_secret-in-the-query"]);
     assert!(!out.contains("pcs_secret"), "{out}");
+    let (_, out, _) = explain(&["GET", "http://localhost/own?a=1;sig=pcs_secret-after-a-semicolon"]);
+    assert!(!out.contains("pcs_secret"), "{out}");
+    // Nor the URL's user:password, nor its query when it cannot be used.
+    for url in [
+        "http://user:pcs_secret-password@localhost/own",
+        "http://user:pcs_secret-password@local host/own",
+        "http://local host/own?token=pcs_secret-in-the-query",
+        "localhost/own?token=pcs_secret-in-the-query",
+    ] {
+        let (code, out, err) = explain(&["GET", url]);
+        assert_eq!(code, 2, "{url}: {out}");
+        assert!(!err.contains("pcs_secret") && !out.contains("pcs_secret"), "{url}: {err}");
+    }
 }
 
 /// What `explain` says about a preflight is what the gateway does with it: both call the same

@@ -197,12 +197,9 @@ async fn h2c_clients_must_send_the_preface_within_header_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(950));
 }
 
-/// A TLS client is admitted before its handshake: a stalled ClientHello counts toward the
-/// limits and is closed at `header_timeout`, rather than holding a connection for Pingora's 60 s
-/// handshake limit.
-#[tokio::test]
-async fn tls_handshakes_count_toward_the_limits_and_must_start_within_header_timeout() {
-    use openssl::ssl::{SslConnector, SslMethod};
+/// A gateway with one TLS listener for `localhost` (header_timeout 1 s, and `server` keys),
+/// its upstream, its admin address and the directory holding `ca.pem`.
+async fn start_tls(server: &str) -> (Gateway, Upstream, SocketAddr, tempfile::TempDir) {
     let upstream = Upstream::start("api").await;
     let dir = tempfile::tempdir().unwrap();
     let ca = certs::Ca::new("Test CA");
@@ -212,7 +209,7 @@ async fn tls_handshakes_count_toward_the_limits_and_must_start_within_header_tim
     let addr = upstream.addr;
     let gw = Gateway::start_from(|listen| {
         format!(
-            "[server]\nallowed_hosts = [\"localhost\"]\nheader_timeout = \"1s\"\nmax_connections_per_client = 3\n\
+            "[server]\nallowed_hosts = [\"localhost\"]\nheader_timeout = \"1s\"\n{server}\n\
              [admin]\naddress = \"{admin}\"\n[[upstream]]\nname = \"api\"\ntargets = [\"{addr}\"]\n\
              [[route]]\npath = \"/\"\nupstream = \"api\"\nauth = \"none\"\n\
              [[listener]]\naddress = \"{listen}\"\n[listener.tls]\n[[listener.tls.certificate]]\ncert = \"{}\"\nkey = \"file:{}\"\n",
@@ -222,38 +219,93 @@ async fn tls_handshakes_count_toward_the_limits_and_must_start_within_header_tim
     })
     .await;
     wait_listening(admin).await;
-    // Three clients that send a TLS record header and nothing more.
+    (gw, upstream, admin, dir)
+}
+
+/// A TLS request to `localhost` at `gateway` over `tcp`, trusting `ca.pem` in `dir`: the status.
+fn tls_get(dir: &std::path::Path, tcp: std::net::TcpStream) -> String {
+    use openssl::ssl::{SslConnector, SslMethod};
+    use std::io::{Read, Write};
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder.set_ca_file(dir.join("ca.pem")).unwrap();
+    let mut tls = builder.build().connect("localhost", tcp).unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).split(' ').nth(1).unwrap_or("").to_string()
+}
+
+/// The bytes of a real ClientHello for `localhost` (OpenSSL's, as any client sends it).
+fn client_hello() -> Vec<u8> {
+    use openssl::ssl::{SslConnector, SslMethod};
+    /// Keeps what the handshake writes; has nothing to read.
+    #[derive(Debug)]
+    struct Capture(Vec<u8>);
+    impl std::io::Read for Capture {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        }
+    }
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let connector = SslConnector::builder(SslMethod::tls_client()).unwrap().build();
+    match connector.connect("localhost", Capture(Vec::new())) {
+        Err(openssl::ssl::HandshakeError::WouldBlock(mid)) => mid.get_ref().0.clone(),
+        other => panic!("the handshake did not wait for the server: {other:?}"),
+    }
+}
+
+/// A TLS client is admitted before its handshake: a stalled ClientHello counts toward the
+/// limits and is closed at `header_timeout`, rather than holding a connection for Pingora's 60 s
+/// handshake limit.
+#[tokio::test]
+async fn tls_handshakes_count_toward_the_limits_and_must_start_within_header_timeout() {
+    let (gw, _upstream, admin, dir) = start_tls("max_connections_per_client = 3").await;
+    // Three clients that start a ClientHello and stop: in the record header, after a record
+    // holding a byte of it, after a record holding its message header.
+    let starts: [&[u8]; 3] = [
+        &[0x16, 0x03, 0x01, 0x02, 0x00],
+        &[0x16, 0x03, 0x01, 0x00, 0x01, 0x01],
+        &[0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0x02, 0x00],
+    ];
     let mut stalled = Vec::new();
-    for _ in 0..3 {
+    for start in starts {
         let mut c = TcpStream::connect(gw.addr).await.unwrap();
-        c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+        c.write_all(start).await.unwrap();
         stalled.push(c);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     let mut fourth = TcpStream::connect(gw.addr).await.unwrap();
     assert_eq!(until_closed(&mut fourth).await.expect("closed"), b"", "over the per-client limit");
+    drop(fourth);
     assert!(started.elapsed() < Duration::from_millis(800), "refused at accept, not at a timeout");
     assert!(rejected(admin, "max_connections_per_client").await >= 1);
-    for c in &mut stalled {
-        assert!(until_closed(c).await.is_some(), "a stalled handshake outlived header_timeout");
+    for (c, start) in stalled.iter_mut().zip(starts) {
+        assert!(until_closed(c).await.is_some(), "a ClientHello stalled after {start:02x?} outlived header_timeout");
     }
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(rejected(admin, "header_timeout").await >= 3);
+    // One that sends a whole ClientHello and stalls in the handshake: cut at header_timeout
+    // (checked every second), not at Pingora's 60 s.
+    let started = Instant::now();
+    let mut stalls = TcpStream::connect(gw.addr).await.unwrap();
+    stalls.write_all(&client_hello()).await.unwrap();
+    let answer = until_closed(&mut stalls).await.expect("a stalled handshake outlived header_timeout");
+    assert_eq!(answer[0], 0x16, "the server's handshake records came first");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     // A real client is served once they are gone.
-    let ca_file = dir.path().join("ca.pem");
-    let request = move |tcp: std::net::TcpStream| {
-        let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
-        builder.set_ca_file(&ca_file).unwrap();
-        let mut tls = builder.build().connect("localhost", tcp).unwrap();
-        use std::io::{Read, Write};
-        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-        let mut answer = Vec::new();
-        let _ = tls.read_to_end(&mut answer);
-        String::from_utf8_lossy(&answer).split(' ').nth(1).unwrap_or("").to_string()
-    };
     let gateway = gw.addr;
-    let first = request.clone();
-    let status = tokio::task::spawn_blocking(move || first(std::net::TcpStream::connect(gateway).unwrap()));
+    let ca = dir.path().to_path_buf();
+    let first = ca.clone();
+    let status = tokio::task::spawn_blocking(move || tls_get(&first, std::net::TcpStream::connect(gateway).unwrap()));
     assert_eq!(status.await.unwrap(), "200");
     // A client that connected just before SIGTERM, and is slow to start its handshake, is still
     // served: handshakes under way are waited for, a little.
@@ -261,6 +313,54 @@ async fn tls_handshakes_count_toward_the_limits_and_must_start_within_header_tim
     tokio::time::sleep(Duration::from_millis(100)).await;
     gw.signal("TERM");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = tokio::task::spawn_blocking(move || request(early)).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || tls_get(&ca, early)).await.unwrap();
     assert_eq!(status, "200", "the connection accepted before SIGTERM was dropped");
+}
+
+/// Plain HTTP (or anything else) sent to a TLS listener is refused at its first bytes, a
+/// handshake that fails gives its place back to its client, and the error line Pingora writes
+/// for each failed handshake is held to one a second.
+#[tokio::test]
+async fn what_is_not_a_client_hello_is_refused_and_failed_handshakes_do_not_lock_a_client_out() {
+    let (gw, _upstream, admin, dir) = start_tls("max_connections_per_client = 3").await;
+    let started = Instant::now();
+    let mut plain = TcpStream::connect(gw.addr).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    assert_eq!(until_closed(&mut plain).await.expect("closed"), b"");
+    assert!(started.elapsed() < Duration::from_millis(500), "refused at once: {:?}", started.elapsed());
+    assert_eq!(rejected(admin, "bad_client_hello").await, 1);
+    // Thirty handshakes that OpenSSL fails (a framed ClientHello of garbage), from one client
+    // allowed three connections at a time; five at once, each kept open a moment.
+    for _ in 0..6 {
+        let mut batch = Vec::new();
+        for _ in 0..5 {
+            let mut c = TcpStream::connect(gw.addr).await.unwrap();
+            let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0x44, 0x01, 0x00, 0x00, 0x40];
+            hello.resize(hello.len() + 0x40, 0xee);
+            let _ = c.write_all(&hello).await;
+            batch.push(c);
+        }
+        for c in &mut batch {
+            assert!(until_closed(c).await.is_some());
+        }
+    }
+    // Their places are back (the reaper looks every second): three clients at once are served.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let gateway = gw.addr;
+    let served: Vec<_> = (0..3)
+        .map(|_| {
+            let ca = dir.path().to_path_buf();
+            let tcp = std::net::TcpStream::connect(gateway).unwrap();
+            tokio::task::spawn_blocking(move || tls_get(&ca, tcp))
+        })
+        .collect();
+    for client in served {
+        assert_eq!(client.await.unwrap(), "200");
+    }
+    let scrape = String::from_utf8(send(admin, "GET", "/metrics", &[]).await.body).unwrap();
+    let series = "portcullis_log_lines_dropped_total{log=\"error\",reason=\"rate_limited\"} ";
+    let dropped: u64 = scrape.lines().find_map(|l| l.strip_prefix(series)).map_or(0, |v| v.trim().parse().unwrap());
+    let written = gw.stderr().lines().filter(|l| l.contains("handshake")).count();
+    assert!(dropped >= 20, "{dropped} lines held back");
+    assert!(written <= 8, "{written} handshake lines written:\n{}", gw.stderr());
 }

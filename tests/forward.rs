@@ -125,17 +125,25 @@ async fn a_trusted_proxys_forwarded_host_and_scheme_are_replaced_unless_they_che
         ("Forwarded: proto=gopher\r\n", "forwarded", "for=127.0.0.1;host=\"localhost\";proto=http"),
         ("Forwarded: host=\"evil.example,localhost\"\r\n", "forwarded", "for=127.0.0.1;host=\"localhost\";proto=http"),
         ("X-Forwarded-Proto: https, http\r\n", "x-forwarded-proto", "http"),
+        (
+            "X-Forwarded-Proto: https\r\nForwarded: for=198.51.100.7;proto=http\r\n",
+            "forwarded",
+            "for=127.0.0.1;host=\"localhost\";proto=https",
+        ),
     ] {
         let seen = get(&gw, sent).await.json();
         assert_eq!(seen["headers"][header], serde_json::json!([expected]), "{sent}");
     }
     // Other spellings of the scheme and host are removed, whoever sends them.
-    let seen =
-        get(&gw, "X-Forwarded-Ssl: on\r\nX-Host: evil.example\r\nX-Forwarded-Prefix: //evil.example\r\n").await.json();
-    for gone in ["x-forwarded-ssl", "x-host", "x-forwarded-prefix"] {
+    let sent = "X-Forwarded-Ssl: on\r\nX-Host: evil.example\r\nX-Forwarded-Prefix: //evil.example\r\n\
+                X-Forwarded-Port: 443, 8443\r\nX-ARR-SSL: on\r\nX-Forwarded-Client-Cert: Hash=x;Subject=\"CN=admin\"\r\n";
+    let seen = get(&gw, sent).await.json();
+    for gone in
+        ["x-forwarded-ssl", "x-host", "x-forwarded-prefix", "x-forwarded-port", "x-arr-ssl", "x-forwarded-client-cert"]
+    {
         assert!(seen["headers"].get(gone).is_none(), "{gone}: {seen}");
     }
-    assert_eq!(upstream.hits(), 10);
+    assert_eq!(upstream.hits(), 11);
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 //! | the admin listener on an address that is neither loopback nor private | `admin.address` |
 //! | a secret file (TLS key, HS* secret) readable by other users | the key naming it |
 //! | a configuration file, or its directory, writable by other users | the file |
-//! | `trusted_proxies` wider than a /8 (IPv6: /7), such as `0.0.0.0/0`, `::/0` or two /1 halves (every client would choose its own address) | `server.trusted_proxies[i]` |
+//! | `trusted_proxies` wider than a /8, or public IPv6 wider than a /24 (unique local `fc00::/7` is private), such as `0.0.0.0/0`, `::/0`, `2000::/3` or two /1 halves (every client would choose its own address) | `server.trusted_proxies[i]` |
 //! | a `builtin:echo` upstream (it reflects the request, cookies and credentials included) | `upstream[i].targets` |
 //!
 //! Inline secrets are refused in every environment (keys and secrets come only through `env:`
@@ -82,17 +82,12 @@ pub(super) fn check(
         }
     }
     for (i, entry) in file.server.trusted_proxies.iter().flatten().enumerate() {
-        // Wider than the widest private range of its family (10.0.0.0/8, fc00::/7): trusting it
-        // (or two halves of everything) trusts clients, not proxies.
-        let too_wide = entry.parse::<ipnet::IpNet>().is_ok_and(|net| match net {
-            ipnet::IpNet::V4(v4) => v4.prefix_len() < 8,
-            ipnet::IpNet::V6(v6) => v6.prefix_len() < 7,
-        });
+        let too_wide = entry.parse::<ipnet::IpNet>().is_ok_and(|net| trusts_clients(&net));
         if too_wide {
             p.push(
                 &format!("server.trusted_proxies[{i}]"),
                 format!("\"{entry}\" trusts every address or nearly: each client could choose its own address for every limit and log"),
-                "list only your load balancers' addresses or networks (at most a /8, or /7 for IPv6), e.g. \"10.0.0.0/8\"",
+                "list only your load balancers' addresses or networks (at most a /8; for public IPv6 a /24), e.g. \"10.0.0.0/8\"",
             );
         }
     }
@@ -171,6 +166,25 @@ pub(super) fn check(
             }
             directories.push(dir);
         }
+    }
+}
+
+/// Whether trusting `net` as proxies would trust clients: it is wider than the widest private
+/// range of its family (10.0.0.0/8; IPv6 unique local fc00::/7), or, public IPv6, wider than a
+/// /24 (load balancers' ranges are /28 and narrower: CloudFront's widest is a /28, Cloudflare's
+/// a /29). Two halves of everything are each too wide.
+fn trusts_clients(net: &ipnet::IpNet) -> bool {
+    const UNIQUE_LOCAL: ipnet::Ipv6Net =
+        ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7);
+    const LINK_LOCAL: ipnet::Ipv6Net =
+        ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10);
+    const V4_MAPPED: ipnet::Ipv6Net =
+        ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96);
+    match net {
+        ipnet::IpNet::V4(v4) => v4.prefix_len() < 8,
+        ipnet::IpNet::V6(v6) if V4_MAPPED.contains(v6) => v6.prefix_len() < 96 + 8,
+        ipnet::IpNet::V6(v6) if UNIQUE_LOCAL.contains(v6) || LINK_LOCAL.contains(v6) => false,
+        ipnet::IpNet::V6(v6) => v6.prefix_len() < 24,
     }
 }
 

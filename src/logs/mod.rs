@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod client_caused;
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};

@@ -23,6 +23,7 @@
 //! - the verified identity is set as `X-Auth-*` headers, and the credential itself
 //!   (`Authorization`, the API-key headers) is removed unless `auth.forward_credentials`.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -75,14 +76,33 @@ const PROXY_ASSERTIONS: [&str; 8] = [
 /// Other spellings of the forwarded scheme and host, which frameworks read before or instead of
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (Rack reads `X-Forwarded-Ssl: on` first): removed
 /// from everyone, trusted proxies included, so that the two checked headers are the only say.
-const FORWARDED_ALIASES: [&str; 7] = [
+const FORWARDED_ALIASES: [&str; 10] = [
     "x-forwarded-ssl",
     "x-forwarded-scheme",
+    "x-forwarded-protocol",
+    "x-proxied-https",
+    "x-arr-ssl",
     "front-end-https",
     "x-url-scheme",
     "x-host",
     "x-original-host",
     "x-http-host-override",
+];
+
+/// Client certificates as a TLS-terminating proxy passes them on (RFC 9440, Envoy's XFCC,
+/// nginx and HAProxy conventions), which backends take for a verified mTLS identity: removed
+/// from everyone. The gateway verifies client certificates itself and says who the caller is
+/// in `X-Auth-*`.
+const CLIENT_CERTIFICATES: [&str; 9] = [
+    "client-cert",
+    "client-cert-chain",
+    "x-forwarded-client-cert",
+    "x-client-cert",
+    "x-ssl-client-cert",
+    "x-ssl-client-verify",
+    "x-ssl-client-dn",
+    "x-ssl-client-s-dn",
+    "ssl-client-cert",
 ];
 
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
@@ -231,19 +251,25 @@ fn rewrite_headers(
     // What a trusted proxy says about the original request is kept only when it checks out.
     let routed = || parse_authority(fwd.host.as_bytes());
     let agrees = |authority: &[u8]| matches!((parse_authority(authority), routed()), (Some(a), Some(r)) if a.as_str() == r.as_str());
-    // Entries that disagree are no scheme at all: backends pick different ones.
-    let first_scheme = headers
-        .get(&X_FORWARDED_PROTO)
-        .and_then(|v| v.as_bytes().split(|&b| b == b',').next())
-        .map(|first| first.trim_ascii().to_ascii_lowercase());
-    let one_scheme = |scheme: &[u8]| {
-        is_forwarded_scheme(scheme) && first_scheme.as_deref().is_some_and(|f| scheme.eq_ignore_ascii_case(f))
+    // Entries that disagree are no scheme (or port) at all: backends pick different ones. A
+    // trusted proxy that sent only `Forwarded` is taken at its (one) `proto`.
+    let trusted_scheme = trusted.then(|| one_entry(headers, &X_FORWARDED_PROTO, is_forwarded_scheme)).flatten();
+    let scheme: Cow<'static, [u8]> = match trusted_scheme {
+        Some(scheme) => Cow::Owned(scheme),
+        None => {
+            let from_forwarded = trusted && !headers.contains_key(&X_FORWARDED_PROTO);
+            let forwarded = from_forwarded.then(|| forwarded_proto(headers)).flatten();
+            let scheme = forwarded.map_or(Cow::Borrowed(fwd.scheme.as_bytes()), Cow::Owned);
+            let value = match &scheme {
+                Cow::Borrowed(_) => HeaderValue::from_static(fwd.scheme),
+                Cow::Owned(owned) => HeaderValue::from_bytes(owned).map_err(|_| GatewayError::Internal)?,
+            };
+            headers.insert(X_FORWARDED_PROTO, value);
+            scheme
+        }
     };
-    if !trusted || !entries_all(headers, &X_FORWARDED_PROTO, one_scheme) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.scheme));
-    }
     // A trusted proxy's port and path prefix, which frameworks build URLs from, when well formed.
-    if trusted && headers.contains_key(&X_FORWARDED_PORT) && !entries_all(headers, &X_FORWARDED_PORT, is_port) {
+    if trusted && headers.contains_key(&X_FORWARDED_PORT) && one_entry(headers, &X_FORWARDED_PORT, is_port).is_none() {
         headers.remove(&X_FORWARDED_PORT);
     }
     if trusted
@@ -255,8 +281,10 @@ fn rewrite_headers(
     if !trusted || !entries_all(headers, &X_FORWARDED_HOST, agrees) {
         headers.insert(X_FORWARDED_HOST, fwd.host.clone());
     }
-    if trusted && headers.contains_key(&FORWARDED) && !forwarded_is_sound(headers, agrees) {
-        headers.insert(FORWARDED, own_forwarded(fwd.peer, fwd.host, fwd.scheme)?);
+    let same_scheme = |proto: &[u8]| proto.eq_ignore_ascii_case(&scheme);
+    if trusted && headers.contains_key(&FORWARDED) && !forwarded_is_sound(headers, agrees, same_scheme) {
+        let scheme = std::str::from_utf8(&scheme).map_err(|_| GatewayError::Internal)?;
+        headers.insert(FORWARDED, own_forwarded(fwd.peer, fwd.host, scheme)?);
     }
     headers.insert(HOST, fwd.host.clone());
     headers.insert(fwd.request_id.0.clone(), fwd.request_id.1.clone());
@@ -298,6 +326,32 @@ fn entries_all(headers: &HeaderMap, name: &HeaderName, valid: impl Fn(&[u8]) -> 
         && lines.all(|line| line.as_bytes().split(|&b| b == b',').all(|entry| valid(entry.trim_ascii())))
 }
 
+/// The one value of every comma-separated entry of every line of `name`, lower-cased, when
+/// there is at least one, each passes `valid` and all are the same (ignoring case).
+fn one_entry(headers: &HeaderMap, name: &HeaderName, valid: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    let first = headers.get(name)?.as_bytes().split(|&b| b == b',').next()?.trim_ascii();
+    let same = |entry: &[u8]| valid(entry) && entry.eq_ignore_ascii_case(first);
+    entries_all(headers, name, same).then(|| first.to_ascii_lowercase())
+}
+
+/// The `proto` of a `Forwarded` that names one (in any case) in every element that has one,
+/// `http` or `https`.
+fn forwarded_proto(headers: &HeaderMap) -> Option<Vec<u8>> {
+    let mut protos = headers.get_all(&FORWARDED).iter().flat_map(|line| {
+        line.as_bytes().split(|&b| b == b',' || b == b';').filter_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (name, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+            let value = match &value[1..] {
+                [b'"', inner @ .., b'"'] => inner,
+                token => token,
+            };
+            name.eq_ignore_ascii_case(b"proto").then_some(value)
+        })
+    });
+    let first = protos.next()?;
+    (is_forwarded_scheme(first) && protos.all(|p| p.eq_ignore_ascii_case(first))).then(|| first.to_ascii_lowercase())
+}
+
 /// A port number, 1 to 65535.
 fn is_port(text: &[u8]) -> bool {
     (1..=5).contains(&text.len())
@@ -321,10 +375,14 @@ fn is_forwarded_scheme(scheme: &[u8]) -> bool {
 
 /// Whether every line of `Forwarded` reads as RFC 7239 (`element *( "," element )`, an element
 /// `pair *( ";" pair )`, a pair `token "=" ( token / quoted-string )`) with every `host` naming
-/// the routed host (`agrees`) and every `proto` `http` or `https`. Quoted strings holding
-/// another quote, an escape, `,` or `;` are refused rather than interpreted: parsers differ on
-/// them, and no proxy needs them for these parameters.
-fn forwarded_is_sound(headers: &HeaderMap, agrees: impl Fn(&[u8]) -> bool) -> bool {
+/// the routed host (`agrees`) and every `proto` the scheme sent as `X-Forwarded-Proto`
+/// (`same_scheme`). Quoted strings holding another quote, an escape, `,` or `;` are refused
+/// rather than interpreted: parsers differ on them, and no proxy needs them for these parameters.
+fn forwarded_is_sound(
+    headers: &HeaderMap,
+    agrees: impl Fn(&[u8]) -> bool,
+    same_scheme: impl Fn(&[u8]) -> bool,
+) -> bool {
     let pair_is_sound = |pair: &[u8]| {
         let Some(eq) = pair.iter().position(|&b| b == b'=') else { return false };
         let (name, value) = (&pair[..eq], &pair[eq + 1..]);
@@ -339,7 +397,7 @@ fn forwarded_is_sound(headers: &HeaderMap, agrees: impl Fn(&[u8]) -> bool) -> bo
         if name.eq_ignore_ascii_case(b"host") {
             agrees(value)
         } else if name.eq_ignore_ascii_case(b"proto") {
-            is_forwarded_scheme(value)
+            is_forwarded_scheme(value) && same_scheme(value)
         } else {
             true
         }
@@ -413,6 +471,8 @@ pub fn fate(name: &HeaderName) -> Option<&'static str> {
         "removed: it would make the backend serve another method or path than the one checked"
     } else if FORWARDED_ALIASES.contains(&text) {
         "removed: X-Forwarded-Proto and X-Forwarded-Host are the only forwarded scheme and host"
+    } else if CLIENT_CERTIFICATES.contains(&text) {
+        "removed: the gateway verifies client certificates itself (the caller is in X-Auth-*)"
     } else if PROXY_ASSERTIONS.contains(&text) {
         "removed: believed only from server.trusted_proxies"
     } else if *name == X_FORWARDED_FOR {
@@ -427,8 +487,9 @@ pub fn fate(name: &HeaderName) -> Option<&'static str> {
 }
 
 /// What only the gateway (or a trusted proxy) may say, and what describes one connection:
-/// hop-by-hop headers, identity headers, underscore spellings, routing overrides, and, from
-/// untrusted peers, client-address assertions.
+/// hop-by-hop headers, identity headers, underscore spellings, routing overrides, other
+/// spellings of the forwarded scheme and host, client certificates, and, from untrusted peers,
+/// client-address assertions.
 fn is_reserved(name: &HeaderName, trusted: bool) -> bool {
     let name = name.as_str();
     HOP_BY_HOP.contains(&name)
@@ -436,6 +497,7 @@ fn is_reserved(name: &HeaderName, trusted: bool) -> bool {
         || name.contains('_')
         || ROUTING_OVERRIDES.contains(&name)
         || FORWARDED_ALIASES.contains(&name)
+        || CLIENT_CERTIFICATES.contains(&name)
         || (!trusted && PROXY_ASSERTIONS.contains(&name))
 }
 
@@ -600,6 +662,47 @@ mod tests {
                 "for=1.2.3.4;proto=https;host=api.example.com, for=\"[2001:db8::1]:443\";host=\"api.example.com:443\""
             )
         );
+    }
+
+    #[test]
+    fn a_trusted_proxys_scheme_and_port_are_one_and_forwarded_agrees_with_them() {
+        let at = |headers: &[(&str, &str)]| {
+            let mut req = request(headers);
+            forward(&mut req, "10.1.2.3");
+            let all = |name: &str| req.headers.get_all(name).iter().map(|v| v.to_str().unwrap().to_string()).collect();
+            (all("x-forwarded-proto"), all("forwarded"), all("x-forwarded-port"))
+        };
+        let own = |scheme: &str| vec![format!("for=10.1.2.3;host=\"api.example.com:8080\";proto={scheme}")];
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Ports that disagree are no port.
+        assert_eq!(at(&[("X-Forwarded-Port", "443, 8443")]).2, Vec::<String>::new());
+        assert_eq!(at(&[("X-Forwarded-Port", "443"), ("X-Forwarded-Port", "80")]).2, Vec::<String>::new());
+        assert_eq!(at(&[("X-Forwarded-Port", "443, 443")]).2, strings(&["443, 443"]));
+        // Forwarded's proto must be X-Forwarded-Proto's.
+        let (xfp, fwd, _) = at(&[("X-Forwarded-Proto", "https"), ("Forwarded", "for=1.2.3.4;proto=http")]);
+        assert_eq!((xfp, fwd), (strings(&["https"]), own("https")));
+        let (xfp, fwd, _) = at(&[("X-Forwarded-Proto", "https, http"), ("Forwarded", "proto=https")]);
+        assert_eq!((xfp, fwd), (strings(&["http"]), own("http")), "the scheme was replaced: so is Forwarded");
+        let (xfp, fwd, _) = at(&[("X-Forwarded-Proto", "HTTPS"), ("Forwarded", "for=1.2.3.4;proto=\"https\"")]);
+        assert_eq!((xfp, fwd), (strings(&["HTTPS"]), strings(&["for=1.2.3.4;proto=\"https\""])));
+        // A proxy that sends only Forwarded is taken at its one proto.
+        let (xfp, fwd, _) = at(&[("Forwarded", "for=1.2.3.4;proto=https, for=10.0.0.1;proto=https")]);
+        assert_eq!((xfp, fwd), (strings(&["https"]), strings(&["for=1.2.3.4;proto=https, for=10.0.0.1;proto=https"])));
+        let (xfp, fwd, _) = at(&[("Forwarded", "for=1.2.3.4;proto=https, for=10.0.0.1;proto=http")]);
+        assert_eq!((xfp, fwd), (strings(&["http"]), own("http")));
+        // Other spellings of the scheme and client certificates never reach the upstream.
+        for name in [
+            "X-Forwarded-Protocol",
+            "X-Proxied-Https",
+            "X-ARR-SSL",
+            "X-Forwarded-Client-Cert",
+            "Client-Cert",
+            "X-SSL-Client-Cert",
+        ] {
+            let mut req = request(&[(name, "on")]);
+            forward(&mut req, "10.1.2.3");
+            assert_eq!(get(&req, name), None, "{name}");
+        }
     }
 
     #[test]
