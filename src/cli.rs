@@ -266,17 +266,29 @@ fn keys_from(issuer: &Issuer) -> String {
     }
 }
 
-/// `url` as `explain` shows it: any `user:password@` cut out, the rest redacted as a logged
+/// `url` as `explain` shows it (never one that [`may_hold_userinfo`]): redacted as a logged
 /// request target is.
 fn shown_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let rest = match rest[..authority_end].rfind('@') {
-        Some(at) => &rest[at + 1..],
-        None => rest,
+    crate::redact::redact_target(url)
+}
+
+/// Whether `url` may carry a user:password: an `@` before its query that is not in its path
+/// (`u:p@host`, and however a password may cut the URL up: `u:p#ss@`, `u:p/ss@`).
+fn may_hold_userinfo(url: &str) -> bool {
+    let before_query = url.split('?').next().unwrap_or(url);
+    let ats = before_query.matches('@').count();
+    let in_path = match url.parse::<Uri>() {
+        // The authority must then be a plain host[:port]: `u:secret/pass@host` is not one.
+        Ok(uri)
+            if uri
+                .authority()
+                .is_some_and(|a| crate::pipeline::host::parse_authority(a.as_str().as_bytes()).is_some()) =>
+        {
+            uri.path().matches('@').count()
+        }
+        _ => 0,
     };
-    let url = if scheme.is_empty() { rest.to_string() } else { format!("{scheme}://{rest}") };
-    crate::redact::redact_target(&url)
+    ats > in_path
 }
 
 /// `portcullis explain`: how `method url` with `headers` (`Name: value`, as curl's `-H`) would
@@ -290,6 +302,12 @@ pub fn explain(config: &Config, method: &str, url: &str, headers: &[String]) -> 
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| format!("\"{method}\" is not an HTTP method"))?;
     // The URL is only ever shown redacted, as logs show it: its query or user:password may be
     // a secret.
+    if may_hold_userinfo(url) {
+        return Err(
+            "the URL carries a user:password (not shown): give a credential with -H, as the gateway would see it"
+                .into(),
+        );
+    }
     let shown = shown_url(url);
     let uri: Uri = url.parse().map_err(|_| format!("\"{shown}\" is not a URL"))?;
     let (Some(authority), Some(path)) = (uri.authority(), uri.path_and_query()) else {

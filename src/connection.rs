@@ -201,7 +201,7 @@ struct Handshake {
     admitted: Admitted,
     since: Instant,
     /// The client's address, to tell whether the descriptor is still its connection.
-    peer: Option<std::net::SocketAddr>,
+    peer: std::net::SocketAddr,
     /// `header_timeout` after the connection was accepted: the handshake must be done by then.
     deadline: Instant,
     /// Whether the connection was shut down for missing it.
@@ -238,8 +238,14 @@ impl Drop for AwaitingHello {
     }
 }
 
+type Handshakes = Mutex<HashMap<UniqueIDType, Handshake>>;
+
 fn handshaking() -> std::sync::MutexGuard<'static, HashMap<UniqueIDType, Handshake>> {
-    HANDSHAKING.lock().unwrap_or_else(|e| e.into_inner())
+    lock(&HANDSHAKING)
+}
+
+fn lock(handshakes: &Handshakes) -> std::sync::MutexGuard<'_, HashMap<UniqueIDType, Handshake>> {
+    handshakes.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl OpenConnections {
@@ -249,45 +255,48 @@ impl OpenConnections {
         handshaking().len() + AWAITING_HELLO.load(Ordering::Acquire)
     }
 
-    /// Forgets the admissions of handshakes that are over without reaching the proxy: their
-    /// descriptor is closed or another socket's (the handshake failed), or they are older than
-    /// [`HANDSHAKE_LIMIT`] (Pingora gave up on them). Shuts down the connections of those still
-    /// under way past their `header_timeout` (OpenSSL then fails the handshake at once), which
-    /// would otherwise hold their memory for Pingora's 60 s. The descriptors are looked at
-    /// outside the lock, which admissions take.
+    /// Forgets the admissions of handshakes that are over without reaching the proxy, and
+    /// shuts down those past their deadline ([`reap`]).
     pub fn reap_handshakes(&self) {
-        let entries: Vec<_> =
-            handshaking().iter().map(|(&fd, h)| (fd, h.since, h.peer, (!h.cut).then_some(h.deadline))).collect();
-        let now = Instant::now();
-        let (mut over, mut late) = (Vec::new(), Vec::new());
-        for (fd, since, peer, deadline) in entries {
-            if since.elapsed() >= HANDSHAKE_LIMIT || peer_of(fd) != peer {
-                over.push((fd, since));
-            } else if deadline.is_some_and(|deadline| now >= deadline) {
-                late.push((fd, since, peer));
-            }
+        reap(&HANDSHAKING);
+    }
+}
+
+/// Forgets the admissions of handshakes that are over without reaching the proxy: their
+/// descriptor is closed or another socket's (the handshake failed), or they are older than
+/// [`HANDSHAKE_LIMIT`] (Pingora gave up on them). Shuts down the connections of those still
+/// under way past their `header_timeout` (OpenSSL then fails the handshake at once), which
+/// would otherwise hold their memory for Pingora's 60 s. The descriptors are first looked at
+/// outside the lock, which admissions take; one to be shut down is looked at again under it,
+/// so that a descriptor closed and given to another socket meanwhile is not touched (a socket
+/// with the client's address and port is the client's connection).
+fn reap(handshakes: &Handshakes) {
+    let entries: Vec<_> =
+        lock(handshakes).iter().map(|(&fd, h)| (fd, h.since, h.peer, (!h.cut).then_some(h.deadline))).collect();
+    let now = Instant::now();
+    let (mut over, mut late) = (Vec::new(), Vec::new());
+    for (fd, since, peer, deadline) in entries {
+        if since.elapsed() >= HANDSHAKE_LIMIT || peer_of(fd) != Some(peer) {
+            over.push((fd, since));
+        } else if deadline.is_some_and(|deadline| now >= deadline) {
+            late.push((fd, since, peer));
         }
-        if over.is_empty() && late.is_empty() {
-            return;
+    }
+    if over.is_empty() && late.is_empty() {
+        return;
+    }
+    let mut handshakes = lock(handshakes);
+    for (fd, since) in over {
+        // Unless a new connection took the descriptor meanwhile.
+        if handshakes.get(&fd).is_some_and(|h| h.since == since) {
+            handshakes.remove(&fd);
         }
-        let mut handshakes = handshaking();
-        // Each unless a new connection took the descriptor meanwhile.
-        let same = |handshakes: &HashMap<UniqueIDType, Handshake>, fd, since| {
-            handshakes.get(&fd).is_some_and(|h: &Handshake| h.since == since)
-        };
-        for (fd, since) in over {
-            if same(&handshakes, fd, since) {
-                handshakes.remove(&fd);
-            }
-        }
-        for (fd, since, peer) in late {
-            if same(&handshakes, fd, since) && peer_of(fd) == peer {
-                if let Some(handshake) = handshakes.get_mut(&fd) {
-                    handshake.cut = true;
-                }
-                Rejection::HeaderTimeout.count();
-                let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
-            }
+    }
+    for (fd, since, peer) in late {
+        let Some(handshake) = handshakes.get_mut(&fd).filter(|h| h.since == since) else { continue };
+        if peer_of(fd) == Some(peer) && nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both).is_ok() {
+            handshake.cut = true;
+            Rejection::HeaderTimeout.count();
         }
     }
 }
@@ -296,7 +305,7 @@ impl OpenConnections {
 /// moment, not after a handshake a client may drag out) and must send its whole ClientHello
 /// within `header_timeout`; then OpenSSL gets the bytes, and the handshake must be done by the
 /// same deadline. Only the framing is read here (record
-/// headers and the handshake message's length, [`client_hello_end`]): OpenSSL parses the rest.
+/// headers and the handshake message's length, [`ClientHelloFraming`]): OpenSSL parses the rest.
 pub struct TlsAdmission {
     runtime: SharedRuntime,
     limits: ConnectionLimits,
@@ -329,9 +338,13 @@ impl pingora::listeners::PreTlsProcess for TlsAdmission {
         let read = read_client_hello(stream);
         let refused = match tokio::time::timeout_at(deadline.into(), read).await {
             Ok(Ok(hello)) => {
+                // No peer: the client is gone already.
+                let Some(peer) = peer_of(id) else {
+                    return Error::e_explain(ErrorType::HandshakeError, "closed after its ClientHello");
+                };
                 stream.rewind(&hello);
                 // From here OpenSSL has the connection; the proxy takes the admission over.
-                let handshake = Handshake { admitted, since: Instant::now(), peer: peer_of(id), deadline, cut: false };
+                let handshake = Handshake { admitted, since: Instant::now(), peer, deadline, cut: false };
                 handshaking().insert(id, handshake);
                 drop(awaiting);
                 return Ok(());
@@ -377,11 +390,14 @@ async fn read_client_hello(stream: &mut (impl AsyncRead + Unpin)) -> Result<Vec<
         bytes.resize(record + 5, 0);
         stream.read_exact(&mut bytes[record..]).await.map_err(|_| HelloError::Closed)?;
         let length = record_length(&bytes[record..]).ok_or(HelloError::Malformed)?;
-        if record + 5 + length > MAX_HELLO_BYTES {
+        if record + 5 + length > MAX_HELLO_BYTES || !hello.may_take(length) {
             return Err(HelloError::Malformed);
         }
-        bytes.resize(record + 5 + length, 0);
-        stream.read_exact(&mut bytes[record + 5..]).await.map_err(|_| HelloError::Closed)?;
+        // Read as it arrives: the buffer grows with what was sent, not with what was announced.
+        let read = (&mut *stream).take(length as u64).read_to_end(&mut bytes).await;
+        if read.map_err(|_| HelloError::Closed)? < length {
+            return Err(HelloError::Closed);
+        }
         if hello.add(&bytes[record + 5..])? {
             return Ok(bytes);
         }
@@ -409,6 +425,17 @@ struct ClientHelloFraming {
 }
 
 impl ClientHelloFraming {
+    /// Whether a record of `length` bytes may come next: once the message's length is known,
+    /// no longer than what is left of it (nothing else may share the ClientHello's records).
+    fn may_take(&self, length: usize) -> bool {
+        if self.received < 4 {
+            return true;
+        }
+        let [_, high, mid, low] = self.header;
+        let message = usize::from(high) << 16 | usize::from(mid) << 8 | usize::from(low);
+        length <= (4 + message).saturating_sub(self.received)
+    }
+
     /// Adds one record's fragment; whether the message is whole.
     fn add(&mut self, fragment: &[u8]) -> Result<bool, HelloError> {
         let had = self.received;
@@ -422,10 +449,11 @@ impl ClientHelloFraming {
         }
         let [kind, length @ ..] = self.header;
         let length = usize::from(length[0]) << 16 | usize::from(length[1]) << 8 | usize::from(length[2]);
-        if kind != 1 || length > MAX_CLIENT_HELLO {
+        // Bytes past the message in its records: not a client's first flight.
+        if kind != 1 || length > MAX_CLIENT_HELLO || self.received > 4 + length {
             return Err(HelloError::Malformed);
         }
-        Ok(self.received >= 4 + length)
+        Ok(self.received == 4 + length)
     }
 }
 
@@ -992,6 +1020,75 @@ mod tests {
         message
     }
 
+    /// A connected pair of sockets: the accepted end and the client.
+    fn socket_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (listener.accept().unwrap().0, client)
+    }
+
+    #[test]
+    fn handshakes_are_forgotten_once_over_and_shut_down_once_late() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        static COUNTS: Lazy<OpenConnections> = Lazy::new(|| OpenConnections {
+            total: AtomicUsize::new(0),
+            per_client: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            none_left: Notify::new(),
+        });
+        let limits = ConnectionLimits {
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_header_size: 1024,
+            max_connections: 10,
+            max_connections_per_client: 10,
+        };
+        let handshakes: Handshakes = Mutex::new(HashMap::new());
+        let add = |server: &std::net::TcpStream, peer, deadline| {
+            let admitted = COUNTS.admit(None, &limits).unwrap();
+            let handshake = Handshake { admitted, since: Instant::now(), peer, deadline, cut: false };
+            lock(&handshakes).insert(server.as_raw_fd(), handshake);
+        };
+        let later = Instant::now() + Duration::from_secs(30);
+        // Under way: kept. Closed (the handshake failed): forgotten, its admission released.
+        let (under_way, _client) = socket_pair();
+        add(&under_way, under_way.peer_addr().unwrap(), later);
+        let (failed, _gone) = socket_pair();
+        add(&failed, failed.peer_addr().unwrap(), later);
+        drop(failed);
+        reap(&handshakes);
+        assert_eq!(lock(&handshakes).len(), 1);
+        assert_eq!(COUNTS.total(), 1);
+        // Past its deadline: shut down (the client reads the end), counted once, then forgotten
+        // once closed.
+        let timeouts = || METRICS.connections_rejected.with_label_values(&["header_timeout"]).get();
+        let before = timeouts();
+        let (late, mut late_client) = socket_pair();
+        add(&late, late.peer_addr().unwrap(), Instant::now());
+        reap(&handshakes);
+        reap(&handshakes);
+        late_client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(late_client.read(&mut [0u8; 8]).unwrap(), 0, "shut down");
+        assert_eq!(timeouts() - before, 1);
+        assert_eq!(lock(&handshakes).len(), 2);
+        drop(late);
+        reap(&handshakes);
+        assert_eq!(lock(&handshakes).len(), 1);
+        // A descriptor that is now another socket's (its peer is not the client): forgotten,
+        // never shut down.
+        let (other, mut other_client) = socket_pair();
+        let stranger = "192.0.2.1:4444".parse().unwrap();
+        add(&other, stranger, Instant::now());
+        reap(&handshakes);
+        assert_eq!(lock(&handshakes).len(), 1);
+        other_client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        assert!(other_client.read(&mut [0u8; 8]).is_err(), "still open: nothing to read, no end");
+        drop(under_way);
+        reap(&handshakes);
+        assert!(lock(&handshakes).is_empty());
+        assert_eq!(COUNTS.total(), 0);
+    }
+
     async fn read_hello(bytes: &[u8]) -> Result<Vec<u8>, HelloError> {
         let (mut client, mut server) = tokio::io::duplex(4096);
         let bytes = bytes.to_vec();
@@ -1031,13 +1128,15 @@ mod tests {
         let refused = [
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
-            vec![0x80, 0x2e, 0x01, 0x03, 0x01], // SSLv2-style hello
-            vec![0x17, 0x03, 0x03, 0x00, 0x10], // application data first
-            vec![0x16, 0x02, 0x00, 0x00, 0x10], // not version 3.x
-            vec![0x16, 0x03, 0x01, 0x00, 0x00], // an empty record
-            vec![0x16, 0x03, 0x01, 0x40, 0x01], // a record over 2^14 bytes
-            record(&[2, 0, 0, 4, 0, 0, 0, 0]),  // a ServerHello
-            record(&[1, 0x00, 0x40, 0x01]),     // a ClientHello over 16 KiB
+            vec![0x80, 0x2e, 0x01, 0x03, 0x01],               // SSLv2-style hello
+            vec![0x17, 0x03, 0x03, 0x00, 0x10],               // application data first
+            vec![0x16, 0x02, 0x00, 0x00, 0x10],               // not version 3.x
+            vec![0x16, 0x03, 0x01, 0x00, 0x00],               // an empty record
+            vec![0x16, 0x03, 0x01, 0x40, 0x01],               // a record over 2^14 bytes
+            record(&[2, 0, 0, 4, 0, 0, 0, 0]),                // a ServerHello
+            record(&[1, 0x00, 0x40, 0x01]),                   // a ClientHello over 16 KiB
+            record(&[client_hello(10), vec![0x14]].concat()), // more than the message
+            [record(&client_hello(10)[..6]), record(&[0xab; 9])].concat(), // a record past its end
         ];
         for bytes in refused {
             assert_eq!(read_hello(&bytes).await.err(), Some(HelloError::Malformed), "{bytes:02x?}");

@@ -4,6 +4,10 @@
 //! turns that into a Pingora server whose [`gateway::Gateway`] runs the request
 //! [`pipeline`]. `main.rs` is the command line around these.
 
+// The library has no unsafe code (the lint is only `deny` crate-wide, for the binary's
+// allocator hand-over to OpenSSL).
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod cli;
 pub mod config;

@@ -136,7 +136,7 @@ fn run_keys(command: &KeysCommand) -> ExitCode {
 /// `[log] level`. Pingora's own `log` records arrive here too, those any client can cause
 /// held to one a second ([`portcullis::logs::client_caused`]).
 fn init_logging(level: &str) {
-    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::filter::FilterExt;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
@@ -145,7 +145,7 @@ fn init_logging(level: &str) {
     let lines = tracing_subscriber::fmt::layer()
         .json()
         .with_writer(|| RedactedStderr)
-        .with_filter(levels.and(filter_fn(portcullis::logs::client_caused::allow)));
+        .with_filter(levels.and(portcullis::logs::client_caused::ClientCaused));
     tracing_subscriber::registry().with(lines).init();
 }
 

@@ -191,8 +191,7 @@ fn production_refuses_unsafe_settings_one_by_one() {
         assert_eq!(code, 0, "{key} is fine in development: {err}");
     }
     // Load balancers' ranges are fine: private ones, and public ones as wide as a provider's.
-    let proxies =
-        r#"trusted_proxies = ["10.0.0.0/8", "fc00::/7", "2a06:98c0::/29", "2600:9000::/28", "::ffff:10.0.0.0/104"]"#;
+    let proxies = r#"trusted_proxies = ["10.0.0.0/8", "fc00::/7", "2a06:98c0::/29", "2600:9000::/28", "::ffff:10.0.0.0/104", "64:ff9b::a00:0/104"]"#;
     let (code, _, err) = check(&production.replace("[server]\n", &format!("[server]\n{proxies}\n")));
     assert_eq!(code, 0, "{err}");
     // Private admin addresses are fine.
@@ -706,6 +705,8 @@ fn explain_takes_headers_as_curl_does() {
     for url in [
         "http://user:pcs_secret-password@localhost/own",
         "http://user:pcs_secret-password@local host/own",
+        "http://user:pcs_secret#pass@localhost/own",
+        "http://user:pcs_secret/pass@localhost/own",
         "http://local host/own?token=pcs_secret-in-the-query",
         "localhost/own?token=pcs_secret-in-the-query",
     ] {
@@ -713,6 +714,9 @@ fn explain_takes_headers_as_curl_does() {
         assert_eq!(code, 2, "{url}: {out}");
         assert!(!err.contains("pcs_secret") && !out.contains("pcs_secret"), "{url}: {err}");
     }
+    // An @ in the path is no password.
+    let (_, out, err) = explain(&["GET", "http://localhost/own/@me"]);
+    assert!(out.contains("request:     GET http://localhost/own/@me"), "{out}{err}");
 }
 
 /// What `explain` says about a preflight is what the gateway does with it: both call the same

@@ -300,7 +300,8 @@ async fn tls_handshakes_count_toward_the_limits_and_must_start_within_header_tim
     stalls.write_all(&client_hello()).await.unwrap();
     let answer = until_closed(&mut stalls).await.expect("a stalled handshake outlived header_timeout");
     assert_eq!(answer[0], 0x16, "the server's handshake records came first");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    // header_timeout (1 s) and the once-a-second check; Pingora alone would wait 60 s.
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
     // A real client is served once they are gone.
     let gateway = gw.addr;
     let ca = dir.path().to_path_buf();
@@ -330,10 +331,10 @@ async fn what_is_not_a_client_hello_is_refused_and_failed_handshakes_do_not_lock
     assert!(started.elapsed() < Duration::from_millis(500), "refused at once: {:?}", started.elapsed());
     assert_eq!(rejected(admin, "bad_client_hello").await, 1);
     // Thirty handshakes that OpenSSL fails (a framed ClientHello of garbage), from one client
-    // allowed three connections at a time; five at once, each kept open a moment.
-    for _ in 0..6 {
+    // allowed three connections at a time, three at once: none is refused at accept.
+    for _ in 0..10 {
         let mut batch = Vec::new();
-        for _ in 0..5 {
+        for _ in 0..3 {
             let mut c = TcpStream::connect(gw.addr).await.unwrap();
             let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0x44, 0x01, 0x00, 0x00, 0x40];
             hello.resize(hello.len() + 0x40, 0xee);
@@ -344,8 +345,8 @@ async fn what_is_not_a_client_hello_is_refused_and_failed_handshakes_do_not_lock
             assert!(until_closed(c).await.is_some());
         }
     }
-    // Their places are back (the reaper looks every second): three clients at once are served.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rejected(admin, "max_connections_per_client").await, 0, "a failed handshake kept its place");
+    // Their places are back: three clients at once are served.
     let gateway = gw.addr;
     let served: Vec<_> = (0..3)
         .map(|_| {
@@ -362,5 +363,5 @@ async fn what_is_not_a_client_hello_is_refused_and_failed_handshakes_do_not_lock
     let dropped: u64 = scrape.lines().find_map(|l| l.strip_prefix(series)).map_or(0, |v| v.trim().parse().unwrap());
     let written = gw.stderr().lines().filter(|l| l.contains("handshake")).count();
     assert!(dropped >= 20, "{dropped} lines held back");
-    assert!(written <= 8, "{written} handshake lines written:\n{}", gw.stderr());
+    assert!((1..=8).contains(&written), "{written} handshake lines written:\n{}", gw.stderr());
 }

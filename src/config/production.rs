@@ -11,7 +11,7 @@
 //! | the admin listener on an address that is neither loopback nor private | `admin.address` |
 //! | a secret file (TLS key, HS* secret) readable by other users | the key naming it |
 //! | a configuration file, or its directory, writable by other users | the file |
-//! | `trusted_proxies` wider than a /8, or public IPv6 wider than a /24 (unique local `fc00::/7` is private), such as `0.0.0.0/0`, `::/0`, `2000::/3` or two /1 halves (every client would choose its own address) | `server.trusted_proxies[i]` |
+//! | `trusted_proxies` wider than a /8, or public IPv6 wider than a /24 (unique local `fc00::/7` is private; IPv4-mapped and NAT64 ranges by the IPv4 rule), such as `0.0.0.0/0`, `::/0`, `2000::/3`, `64:ff9b::/96` or two /1 halves (every client would choose its own address) | `server.trusted_proxies[i]` |
 //! | a `builtin:echo` upstream (it reflects the request, cookies and credentials included) | `upstream[i].targets` |
 //!
 //! Inline secrets are refused in every environment (keys and secrets come only through `env:`
@@ -172,7 +172,8 @@ pub(super) fn check(
 /// Whether trusting `net` as proxies would trust clients: it is wider than the widest private
 /// range of its family (10.0.0.0/8; IPv6 unique local fc00::/7), or, public IPv6, wider than a
 /// /24 (load balancers' ranges are /28 and narrower: CloudFront's widest is a /28, Cloudflare's
-/// a /29). Two halves of everything are each too wide.
+/// a /29). IPv4 written as IPv6 (`::ffff:0:0/96`, NAT64's `64:ff9b::/96`) is held to the IPv4
+/// rule. Two halves of everything are each too wide.
 fn trusts_clients(net: &ipnet::IpNet) -> bool {
     const UNIQUE_LOCAL: ipnet::Ipv6Net =
         ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7);
@@ -180,9 +181,13 @@ fn trusts_clients(net: &ipnet::IpNet) -> bool {
         ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10);
     const V4_MAPPED: ipnet::Ipv6Net =
         ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96);
+    // NAT64 (RFC 6052, RFC 8215): every IPv4 address behind a /96 (the well-known prefix) or a
+    // local-use /48.
+    const NAT64: ipnet::Ipv6Net =
+        ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 32);
     match net {
         ipnet::IpNet::V4(v4) => v4.prefix_len() < 8,
-        ipnet::IpNet::V6(v6) if V4_MAPPED.contains(v6) => v6.prefix_len() < 96 + 8,
+        ipnet::IpNet::V6(v6) if V4_MAPPED.contains(v6) || NAT64.contains(v6) => v6.prefix_len() < 96 + 8,
         ipnet::IpNet::V6(v6) if UNIQUE_LOCAL.contains(v6) || LINK_LOCAL.contains(v6) => false,
         ipnet::IpNet::V6(v6) => v6.prefix_len() < 24,
     }

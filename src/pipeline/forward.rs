@@ -23,7 +23,6 @@
 //! - the verified identity is set as `X-Auth-*` headers, and the credential itself
 //!   (`Authorization`, the API-key headers) is removed unless `auth.forward_credentials`.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -253,21 +252,19 @@ fn rewrite_headers(
     let agrees = |authority: &[u8]| matches!((parse_authority(authority), routed()), (Some(a), Some(r)) if a.as_str() == r.as_str());
     // Entries that disagree are no scheme (or port) at all: backends pick different ones. A
     // trusted proxy that sent only `Forwarded` is taken at its (one) `proto`.
-    let trusted_scheme = trusted.then(|| one_entry(headers, &X_FORWARDED_PROTO, is_forwarded_scheme)).flatten();
-    let scheme: Cow<'static, [u8]> = match trusted_scheme {
-        Some(scheme) => Cow::Owned(scheme),
-        None => {
-            let from_forwarded = trusted && !headers.contains_key(&X_FORWARDED_PROTO);
-            let forwarded = from_forwarded.then(|| forwarded_proto(headers)).flatten();
-            let scheme = forwarded.map_or(Cow::Borrowed(fwd.scheme.as_bytes()), Cow::Owned);
-            let value = match &scheme {
-                Cow::Borrowed(_) => HeaderValue::from_static(fwd.scheme),
-                Cow::Owned(owned) => HeaderValue::from_bytes(owned).map_err(|_| GatewayError::Internal)?,
-            };
-            headers.insert(X_FORWARDED_PROTO, value);
-            scheme
+    let trusted_scheme = trusted
+        .then(|| one_entry(headers, &X_FORWARDED_PROTO, is_forwarded_scheme))
+        .flatten()
+        .and_then(|scheme| static_scheme(&scheme));
+    let scheme = match trusted_scheme {
+        Some(scheme) => scheme,
+        None if trusted && !headers.contains_key(&X_FORWARDED_PROTO) => {
+            forwarded_proto(headers, agrees).unwrap_or(fwd.scheme)
         }
+        None => fwd.scheme,
     };
+    // One value, in lower case (Rack compares the scheme case-sensitively).
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     // A trusted proxy's port and path prefix, which frameworks build URLs from, when well formed.
     if trusted && headers.contains_key(&X_FORWARDED_PORT) && one_entry(headers, &X_FORWARDED_PORT, is_port).is_none() {
         headers.remove(&X_FORWARDED_PORT);
@@ -281,9 +278,8 @@ fn rewrite_headers(
     if !trusted || !entries_all(headers, &X_FORWARDED_HOST, agrees) {
         headers.insert(X_FORWARDED_HOST, fwd.host.clone());
     }
-    let same_scheme = |proto: &[u8]| proto.eq_ignore_ascii_case(&scheme);
+    let same_scheme = |proto: &[u8]| proto.eq_ignore_ascii_case(scheme.as_bytes());
     if trusted && headers.contains_key(&FORWARDED) && !forwarded_is_sound(headers, agrees, same_scheme) {
-        let scheme = std::str::from_utf8(&scheme).map_err(|_| GatewayError::Internal)?;
         headers.insert(FORWARDED, own_forwarded(fwd.peer, fwd.host, scheme)?);
     }
     headers.insert(HOST, fwd.host.clone());
@@ -334,22 +330,37 @@ fn one_entry(headers: &HeaderMap, name: &HeaderName, valid: impl Fn(&[u8]) -> bo
     entries_all(headers, name, same).then(|| first.to_ascii_lowercase())
 }
 
-/// The `proto` of a `Forwarded` that names one (in any case) in every element that has one,
-/// `http` or `https`.
-fn forwarded_proto(headers: &HeaderMap) -> Option<Vec<u8>> {
-    let mut protos = headers.get_all(&FORWARDED).iter().flat_map(|line| {
-        line.as_bytes().split(|&b| b == b',' || b == b';').filter_map(|pair| {
-            let pair = pair.trim_ascii();
-            let (name, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
-            let value = match &value[1..] {
-                [b'"', inner @ .., b'"'] => inner,
-                token => token,
-            };
-            name.eq_ignore_ascii_case(b"proto").then_some(value)
-        })
-    });
-    let first = protos.next()?;
-    (is_forwarded_scheme(first) && protos.all(|p| p.eq_ignore_ascii_case(first))).then(|| first.to_ascii_lowercase())
+/// The scheme the nearest proxy wrote in a sound `Forwarded`: the `proto` of its last
+/// element, which must have one (an earlier element, or a later one without, may be the
+/// client's own). Every other `proto` must then agree with it, which [`forwarded_is_sound`]
+/// checks.
+fn forwarded_proto(headers: &HeaderMap, agrees: impl Fn(&[u8]) -> bool) -> Option<&'static str> {
+    if !headers.contains_key(&FORWARDED) || !forwarded_is_sound(headers, agrees, |_| true) {
+        return None;
+    }
+    // Sound: no quoted string holds `,` or `;`, so splitting at them is exact.
+    let last_line = headers.get_all(&FORWARDED).iter().next_back()?;
+    let last = last_line.as_bytes().rsplit(|&b| b == b',').next()?;
+    last.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let (name, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+        let value = match &value[1..] {
+            [b'"', inner @ .., b'"'] => inner,
+            token => token,
+        };
+        name.eq_ignore_ascii_case(b"proto").then(|| static_scheme(value)).flatten()
+    })
+}
+
+/// `"http"` or `"https"` for either in any case.
+fn static_scheme(scheme: &[u8]) -> Option<&'static str> {
+    if scheme.eq_ignore_ascii_case(b"https") {
+        Some("https")
+    } else if scheme.eq_ignore_ascii_case(b"http") {
+        Some("http")
+    } else {
+        None
+    }
 }
 
 /// A port number, 1 to 65535.
@@ -684,12 +695,25 @@ mod tests {
         let (xfp, fwd, _) = at(&[("X-Forwarded-Proto", "https, http"), ("Forwarded", "proto=https")]);
         assert_eq!((xfp, fwd), (strings(&["http"]), own("http")), "the scheme was replaced: so is Forwarded");
         let (xfp, fwd, _) = at(&[("X-Forwarded-Proto", "HTTPS"), ("Forwarded", "for=1.2.3.4;proto=\"https\"")]);
-        assert_eq!((xfp, fwd), (strings(&["HTTPS"]), strings(&["for=1.2.3.4;proto=\"https\""])));
+        assert_eq!(
+            (xfp, fwd),
+            (strings(&["https"]), strings(&["for=1.2.3.4;proto=\"https\""])),
+            "one scheme, in lower case"
+        );
+        assert_eq!(at(&[("X-Forwarded-Proto", "https, HTTPS")]).0, strings(&["https"]));
         // A proxy that sends only Forwarded is taken at its one proto.
         let (xfp, fwd, _) = at(&[("Forwarded", "for=1.2.3.4;proto=https, for=10.0.0.1;proto=https")]);
         assert_eq!((xfp, fwd), (strings(&["https"]), strings(&["for=1.2.3.4;proto=https, for=10.0.0.1;proto=https"])));
         let (xfp, fwd, _) = at(&[("Forwarded", "for=1.2.3.4;proto=https, for=10.0.0.1;proto=http")]);
         assert_eq!((xfp, fwd), (strings(&["http"]), own("http")));
+        // Not the client's own proto, in front of a proxy's element without one, or hidden in a
+        // quoted value, or in a Forwarded that is not sound.
+        for forwarded in
+            ["proto=https, for=10.0.0.1", "for=\"1.2.3.4;proto=https\"", "for=1.2.3.4;proto=https;host=evil.example"]
+        {
+            let (xfp, fwd, _) = at(&[("Forwarded", forwarded)]);
+            assert_eq!((xfp, fwd), (strings(&["http"]), own("http")), "{forwarded}");
+        }
         // Other spellings of the scheme and client certificates never reach the upstream.
         for name in [
             "X-Forwarded-Protocol",
@@ -734,8 +758,6 @@ mod tests {
             assert_eq!(get(&req, &name.to_ascii_lowercase()), Some(replaced_by), "{name}: {value}");
         }
         for (name, value) in [
-            ("X-Forwarded-Proto", "HTTPS"),
-            ("X-Forwarded-Proto", "https, HTTPS"),
             ("Forwarded", "for=_hidden;by=unknown;secret=x"),
             ("X-Forwarded-Port", "443"),
             ("X-Forwarded-Prefix", "/api"),
