@@ -128,13 +128,17 @@ pub struct OpenConnections {
 }
 
 /// The process-wide counts: connections of every listener share the limits.
-pub static OPEN: Lazy<OpenConnections> = Lazy::new(|| OpenConnections {
-    total: AtomicUsize::new(0),
-    per_client: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-    none_left: Notify::new(),
-});
+pub static OPEN: Lazy<OpenConnections> = Lazy::new(OpenConnections::new);
 
 impl OpenConnections {
+    fn new() -> Self {
+        OpenConnections {
+            total: AtomicUsize::new(0),
+            per_client: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            none_left: Notify::new(),
+        }
+    }
+
     /// Client connections open now.
     pub fn total(&self) -> usize {
         self.total.load(Ordering::Acquire)
@@ -1020,6 +1024,16 @@ mod tests {
         message
     }
 
+    fn limits(max_connections: usize, max_connections_per_client: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_header_size: 1024,
+            max_connections,
+            max_connections_per_client,
+        }
+    }
+
     /// A connected pair of sockets: the accepted end and the client.
     fn socket_pair() -> (std::net::TcpStream, std::net::TcpStream) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1031,18 +1045,8 @@ mod tests {
     fn handshakes_are_forgotten_once_over_and_shut_down_once_late() {
         use std::io::Read;
         use std::os::fd::AsRawFd;
-        static COUNTS: Lazy<OpenConnections> = Lazy::new(|| OpenConnections {
-            total: AtomicUsize::new(0),
-            per_client: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-            none_left: Notify::new(),
-        });
-        let limits = ConnectionLimits {
-            header_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            max_header_size: 1024,
-            max_connections: 10,
-            max_connections_per_client: 10,
-        };
+        static COUNTS: Lazy<OpenConnections> = Lazy::new(OpenConnections::new);
+        let limits = limits(10, 10);
         let handshakes: Handshakes = Mutex::new(HashMap::new());
         let add = |server: &std::net::TcpStream, peer, deadline| {
             let admitted = COUNTS.admit(None, &limits).unwrap();
@@ -1163,18 +1167,8 @@ mod tests {
 
     #[test]
     fn limits_are_counted_and_released() {
-        static COUNTS: Lazy<OpenConnections> = Lazy::new(|| OpenConnections {
-            total: AtomicUsize::new(0),
-            per_client: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-            none_left: Notify::new(),
-        });
-        let limits = ConnectionLimits {
-            header_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            max_header_size: 1024,
-            max_connections: 3,
-            max_connections_per_client: 2,
-        };
+        static COUNTS: Lazy<OpenConnections> = Lazy::new(OpenConnections::new);
+        let limits = limits(3, 2);
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         let first = COUNTS.admit(Some(a), &limits).unwrap();
         let second = COUNTS.admit(Some(a), &limits).unwrap();
