@@ -313,12 +313,6 @@ pub fn explain(config: &Config, method: &str, url: &str, headers: &[String]) -> 
     let (Some(authority), Some(path)) = (uri.authority(), uri.path_and_query()) else {
         return Err(format!("\"{shown}\" is not an absolute URL: write http://HOST/PATH so the host rules apply"));
     };
-    if authority.as_str().contains('@') {
-        return Err(
-            "the URL carries a user:password (not shown): give a credential with -H, as the gateway would see it"
-                .into(),
-        );
-    }
     let _ = writeln!(out, "request:     {method} {shown}");
     let mut req = RequestHeader::build(method.clone(), path.as_str().as_bytes(), None)
         .map_err(|_| format!("\"{shown}\" is not a request target"))?;

@@ -219,8 +219,8 @@ pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(60);
 /// The largest TLS record (RFC 8446 §5.1: a plaintext fragment is at most 2^14 bytes).
 const MAX_TLS_RECORD: usize = 16384;
 
-/// The largest ClientHello accepted, however many records it spans. Browsers send under 2 KiB
-/// (2 KiB with a post-quantum key share); a larger one is only a way to hold memory.
+/// The largest ClientHello accepted, however many records it spans. Browsers send about 2 KiB,
+/// a post-quantum key share included; one eight times larger is only a way to hold memory.
 const MAX_CLIENT_HELLO: usize = 16384;
 
 /// Connections admitted and waiting for their ClientHello.

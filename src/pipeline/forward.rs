@@ -251,7 +251,7 @@ fn rewrite_headers(
     let routed = || parse_authority(fwd.host.as_bytes());
     let agrees = |authority: &[u8]| matches!((parse_authority(authority), routed()), (Some(a), Some(r)) if a.as_str() == r.as_str());
     // Entries that disagree are no scheme (or port) at all: backends pick different ones. A
-    // trusted proxy that sent only `Forwarded` is taken at its (one) `proto`.
+    // trusted proxy that sent only `Forwarded` is taken at the `proto` of its own (last) element.
     let trusted_scheme = trusted
         .then(|| one_entry(headers, &X_FORWARDED_PROTO, is_forwarded_scheme))
         .flatten()
