@@ -253,13 +253,14 @@ fn drain(
             continue;
         }
         if let Err(error) = out.write_all(&batch).and_then(|()| out.flush()) {
-            write_error.inc_by(lines);
             // A partly written batch must not glue its last fragment to the next line.
             let _ = out.write_all(b"\n");
+            // The warning before the count: whoever sees the count can find the warning.
             if last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                 last_warning = Some(Instant::now());
                 tracing::warn!(log = name, %error, "cannot write the log; lines are dropped and counted in portcullis_log_lines_dropped_total");
             }
+            write_error.inc_by(lines);
         }
         unwritten.fetch_sub(lines as usize, Ordering::Release);
     }
