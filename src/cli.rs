@@ -266,12 +266,6 @@ fn keys_from(issuer: &Issuer) -> String {
     }
 }
 
-/// `url` as `explain` shows it (never one that [`may_hold_userinfo`]): redacted as a logged
-/// request target is.
-fn shown_url(url: &str) -> String {
-    crate::redact::redact_target(url)
-}
-
 /// Whether `url` may carry a user:password: an `@` before its query that is not in its path
 /// (`u:p@host`, and however a password may cut the URL up: `u:p#ss@`, `u:p/ss@`).
 fn may_hold_userinfo(url: &str) -> bool {
@@ -308,7 +302,8 @@ pub fn explain(config: &Config, method: &str, url: &str, headers: &[String]) -> 
                 .into(),
         );
     }
-    let shown = shown_url(url);
+    // Shown only when no user:password may be in it, redacted as a logged request target is.
+    let shown = crate::redact::redact_target(url);
     let uri: Uri = url.parse().map_err(|_| format!("\"{shown}\" is not a URL"))?;
     let (Some(authority), Some(path)) = (uri.authority(), uri.path_and_query()) else {
         return Err(format!("\"{shown}\" is not an absolute URL: write http://HOST/PATH so the host rules apply"));

@@ -252,10 +252,8 @@ fn rewrite_headers(
     let agrees = |authority: &[u8]| matches!((parse_authority(authority), routed()), (Some(a), Some(r)) if a.as_str() == r.as_str());
     // Entries that disagree are no scheme (or port) at all: backends pick different ones. A
     // trusted proxy that sent only `Forwarded` is taken at the `proto` of its own (last) element.
-    let trusted_scheme = trusted
-        .then(|| one_entry(headers, &X_FORWARDED_PROTO, is_forwarded_scheme))
-        .flatten()
-        .and_then(|scheme| static_scheme(&scheme));
+    let trusted_scheme =
+        trusted.then(|| one_entry(headers, &X_FORWARDED_PROTO, is_forwarded_scheme)).flatten().and_then(static_scheme);
     let scheme = match trusted_scheme {
         Some(scheme) => scheme,
         None if trusted && !headers.contains_key(&X_FORWARDED_PROTO) => {
@@ -322,12 +320,12 @@ fn entries_all(headers: &HeaderMap, name: &HeaderName, valid: impl Fn(&[u8]) -> 
         && lines.all(|line| line.as_bytes().split(|&b| b == b',').all(|entry| valid(entry.trim_ascii())))
 }
 
-/// The one value of every comma-separated entry of every line of `name`, lower-cased, when
-/// there is at least one, each passes `valid` and all are the same (ignoring case).
-fn one_entry(headers: &HeaderMap, name: &HeaderName, valid: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+/// The one value of every comma-separated entry of every line of `name` (its first, as sent),
+/// when there is at least one, each passes `valid` and all are the same (ignoring case).
+fn one_entry<'h>(headers: &'h HeaderMap, name: &HeaderName, valid: impl Fn(&[u8]) -> bool) -> Option<&'h [u8]> {
     let first = headers.get(name)?.as_bytes().split(|&b| b == b',').next()?.trim_ascii();
     let same = |entry: &[u8]| valid(entry) && entry.eq_ignore_ascii_case(first);
-    entries_all(headers, name, same).then(|| first.to_ascii_lowercase())
+    entries_all(headers, name, same).then_some(first)
 }
 
 /// The scheme the nearest proxy wrote in a sound `Forwarded`: the `proto` of its last
