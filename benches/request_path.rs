@@ -11,10 +11,11 @@ mod keys;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderName, HeaderValue, Method};
 use pingora::http::RequestHeader;
+use portcullis::pipeline::auth::AuthMode;
 use portcullis::pipeline::client::TrustedProxies;
 use portcullis::pipeline::forward::{prepare_upstream_request, Forwarding};
 use portcullis::pipeline::host::{HostAllowList, HostPattern};
-use portcullis::pipeline::route::{AuthMode, Route, RouteTable};
+use portcullis::pipeline::route::{Route, RouteTable};
 use portcullis::pipeline::{path, request_id};
 
 fn request(path: &str, host: &str) -> RequestHeader {
@@ -225,7 +226,8 @@ fn api_keys(c: &mut Criterion) {
 /// One issuer verifying `alg` with a static key, the token cache on or off.
 fn jwt_verifier(alg: jsonwebtoken::Algorithm, cached: bool) -> (portcullis::pipeline::auth::jwt::JwtVerifier, String) {
     use jsonwebtoken::{encode, Algorithm, DecodingKey, EncodingKey, Header};
-    use portcullis::pipeline::auth::jwt::{Issuer, IssuerSettings, JwtVerifier, KeySet, KeySource, VerifyKey};
+    use portcullis::pipeline::auth::jwt::{Issuer, IssuerSettings, JwtVerifier, KeySource};
+    use portcullis::pipeline::auth::keys::{KeySet, VerifyKey};
     use portcullis::pipeline::auth::token_cache::TokenCache;
     use std::sync::Arc;
 

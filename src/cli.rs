@@ -2,6 +2,7 @@
 //! `portcullis explain -c PATH METHOD URL`, `portcullis keys ...`, `--version`.
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -9,13 +10,14 @@ use clap::{Parser, Subcommand};
 use http::{Method, Uri};
 use pingora::http::RequestHeader;
 
-use crate::config::runtime::ECHO_TARGET;
+use crate::config::upstreams::ECHO_TARGET;
 use crate::config::Config;
 use crate::error::GatewayError;
+use crate::pipeline::admit::{self, Admission, Routing};
 use crate::pipeline::auth::jwt::{Issuer, KeySource};
+use crate::pipeline::auth::AuthMode;
 use crate::pipeline::host::HostPattern;
 use crate::pipeline::ratelimit::LimitKey;
-use crate::pipeline::route::AuthMode;
 use crate::pipeline::upstream::Targets;
 
 /// The configuration used when `-c` is not given: every `*.toml` in `conf/`.
@@ -190,10 +192,10 @@ pub fn summary(config: &Config) -> String {
         Some(address) => writeln!(out, "admin: http://{address} (/metrics, /healthz, /readyz)"),
         None => writeln!(out, "admin: off"),
     };
-    let log = |d: &crate::logs::Destination| match d {
-        crate::logs::Destination::Off => "off".to_string(),
-        crate::logs::Destination::Stdout => "stdout".to_string(),
-        crate::logs::Destination::File(path) => path.display().to_string(),
+    let log = |d: &crate::logs::sink::Destination| match d {
+        crate::logs::sink::Destination::Off => "off".to_string(),
+        crate::logs::sink::Destination::Stdout => "stdout".to_string(),
+        crate::logs::sink::Destination::File(path) => path.display().to_string(),
     };
     let _ = writeln!(out, "logs: access {}, audit {}", log(&config.process.access_log), log(&config.process.audit_log));
     let _ = writeln!(
@@ -332,40 +334,57 @@ pub fn explain(config: &Config, method: &str, url: &str, headers: &[String]) -> 
         Ok((out, false))
     };
     describe_headers(rt, &req, host_given, &mut out);
-    let host = match rt.hosts.check(&req) {
-        Ok(host) => host,
-        Err(e) => return refused(out, e),
-    };
-    let _ = writeln!(out, "host:        {} (allowed)", host.name.as_str());
-    let routed = match crate::pipeline::admit::route(&rt.routes, rt.cors.as_ref(), host.name.as_str(), &req) {
-        Ok(routed) => routed,
-        Err(e) => return refused(out, e),
-    };
-    let canonical = &routed.canonical;
-    let _ =
-        writeln!(out, "path:        {canonical}{}", if canonical == req.uri.path() { "" } else { " (canonical form)" });
-    let route_id = match &routed.routing {
-        crate::pipeline::admit::Routing::Preflight { route, asked } => {
-            let route = rt.routes.get(*route);
+    // The gateway's own admission, over a request from loopback on a plain listener.
+    let mut admission = Admission::arrive(rt, &req, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let routing = admit::route(rt, &req, None, &mut admission);
+    if admission.host.is_some() {
+        let name = crate::pipeline::host::request_host(&req).map(|h| h.name.as_str().to_string()).unwrap_or_default();
+        let _ = writeln!(out, "host:        {name} (allowed)");
+    }
+    if let Some(route) = admission.route {
+        let canonical = admission.canonical_path.as_deref().unwrap_or(req.uri.path());
+        let form = if admission.canonical_path.is_some() { " (canonical form)" } else { "" };
+        let _ = writeln!(out, "path:        {canonical}{form}");
+        if let Ok(Routing::Preflight { .. }) | Err(GatewayError::CorsRejected(_)) = &routing {
+            let route = rt.routes.get(route);
             let _ =
                 writeln!(out, "route:       {} (path {}), which governs this CORS preflight", route.name, route.path);
-            let answer = match (asked, &rt.cors) {
-                (Some(asked), Some(cors)) => cors.answer_preflight(&req, asked).map(|_| asked),
-                _ => Err(GatewayError::CorsRejected(crate::error::CorsRejection::Method)),
-            };
-            return match answer {
-                Ok(asked) => {
-                    let _ = writeln!(
-                        out,
-                        "outcome:     answered by the gateway: 204, {asked} allowed from this origin; no credentials needed"
-                    );
-                    Ok((out, true))
-                }
-                Err(e) => refused(out, e),
-            };
         }
-        crate::pipeline::admit::Routing::Request { route } => *route,
+    }
+    let route_id = match (routing, admission.route) {
+        (Ok(Routing::Preflight { asked, .. }), _) => {
+            let _ = writeln!(
+                out,
+                "outcome:     answered by the gateway: 204, {asked} allowed from this origin; no credentials needed"
+            );
+            return Ok((out, true));
+        }
+        (Ok(Routing::Request), Some(route)) => route,
+        // Step 1 refused: a 413 is the route's, the rest come before or instead of a route.
+        (Err(e @ GatewayError::PayloadTooLarge { .. }), Some(route)) => {
+            describe_route(rt, &req, route, &mut out);
+            return refused(out, e);
+        }
+        (Err(e), _) => return refused(out, e),
+        (Ok(_), _) => return refused(out, GatewayError::Internal),
     };
+    describe_route(rt, &req, route_id, &mut out);
+    let route = rt.routes.get(route_id);
+    if route.auth != AuthMode::None && rt.auth.presents_credential(&req.headers) {
+        return explain_credential(rt, admission, &req, out);
+    }
+    let outcome = match (route.auth, route.permissions.is_empty()) {
+        (AuthMode::None, _) => "forwarded, no credentials needed",
+        (_, true) => "forwarded once the credentials check out",
+        (_, false) => "forwarded once the credentials check out and hold the permissions",
+    };
+    let _ = writeln!(out, "outcome:     {outcome}");
+    Ok((out, true))
+}
+
+/// What the route `route_id` asks of a request: upstream, auth, credentials, permissions,
+/// limits and CORS.
+fn describe_route(rt: &crate::pipeline::Runtime, req: &RequestHeader, route_id: usize, out: &mut String) {
     let route = rt.routes.get(route_id);
     let _ = writeln!(out, "route:       {} (path {})", route.name, route.path);
     let upstream = rt.upstreams.get(route.upstream);
@@ -443,66 +462,40 @@ pub fn explain(config: &Config, method: &str, url: &str, headers: &[String]) -> 
         _ => "off (the upstream's own)".to_string(),
     };
     let _ = writeln!(out, "cors:        {cors}");
-    if let Err(e) = crate::pipeline::body::check_declared_length(&req.headers, rt.max_body_size) {
-        return refused(out, e);
-    }
-    if route.auth != AuthMode::None && rt.auth.presents_credential(&req.headers) {
-        return explain_credential(config, route, &req, out);
-    }
-    let outcome = match (route.auth, route.permissions.is_empty()) {
-        (AuthMode::None, _) => "forwarded, no credentials needed",
-        (_, true) => "forwarded once the credentials check out",
-        (_, false) => "forwarded once the credentials check out and hold the permissions",
-    };
-    let _ = writeln!(out, "outcome:     {outcome}");
-    Ok((out, true))
 }
 
 /// The credential a request carries, verified as the gateway would (keys fetched from a
-/// `jwks_url` are not: explain fetches nothing), and whether it satisfies the route.
+/// `jwks_url` are not: explain fetches nothing), and whether it satisfies the route: the
+/// gateway's own [`admit::authorize`], over counters of this process alone.
 fn explain_credential(
-    config: &Config,
-    route: &crate::pipeline::route::Route,
+    rt: &crate::pipeline::Runtime,
+    mut admission: Admission,
     req: &RequestHeader,
     mut out: String,
 ) -> Result<(String, bool), String> {
-    let rt = &config.runtime;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let mut quota = None;
     let verified = runtime.block_on(async {
-        let check = rt.auth.authenticate(route.auth, &req.headers, None);
+        let check = admit::authorize(rt, req, None, &mut admission, &mut quota, unix_now);
         tokio::time::timeout(std::time::Duration::from_secs(2), check).await
     });
-    let verdict = match verified {
-        Err(_) => {
-            let _ = writeln!(
-                out,
-                "credential:  cannot be verified here (its keys come from a jwks_url, which explain does not fetch)"
-            );
-            let _ = writeln!(out, "outcome:     forwarded once the credentials check out");
-            return Ok((out, true));
-        }
-        Ok(Err(e)) => {
-            let presented = rt.auth.presented(&req.headers);
-            let reason = match &e {
-                GatewayError::AuthenticationFailed(failure) => failure.label(),
-                _ => "refused",
-            };
-            let _ = writeln!(out, "credential:  {} ({reason})", kind_name(presented.method));
-            Err(e)
-        }
-        Ok(Ok(principal)) => {
-            if let Some(p) = &principal {
-                let who = rt.auth.summary(p);
-                let by = who
-                    .key_id
-                    .map(|k| format!(" \"{k}\""))
-                    .or(who.issuer.map(|i| format!(" from {i}")))
-                    .unwrap_or_default();
-                let _ = writeln!(out, "credential:  {}{by}, verified", kind_name(who.method));
-            }
-            rt.auth.authorize(principal.as_ref(), route.credentials.as_ref(), &route.permissions)
-        }
+    let Ok(verdict) = verified else {
+        let _ = writeln!(
+            out,
+            "credential:  cannot be verified here (its keys come from a jwks_url, which explain does not fetch)"
+        );
+        let _ = writeln!(out, "outcome:     forwarded once the credentials check out");
+        return Ok((out, true));
     };
+    if let Some(p) = &admission.principal {
+        let who = rt.auth.summary(p);
+        let by =
+            who.key_id.map(|k| format!(" \"{k}\"")).or(who.issuer.map(|i| format!(" from {i}"))).unwrap_or_default();
+        let _ = writeln!(out, "credential:  {}{by}, verified", kind_name(who.method));
+    }
+    if let (Err(GatewayError::AuthenticationFailed(failure)), Some(presented)) = (&verdict, &admission.presented) {
+        let _ = writeln!(out, "credential:  {} ({})", kind_name(presented.method), failure.label());
+    }
     match verdict {
         Ok(()) => {
             let _ = writeln!(out, "outcome:     forwarded");
@@ -513,6 +506,11 @@ fn explain_credential(
             Ok((out, false))
         }
     }
+}
+
+/// Seconds since the epoch, as the gateway's rate-limit windows count them.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn kind_name(method: &str) -> &str {

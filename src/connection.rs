@@ -54,7 +54,7 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 
-use crate::config::runtime::ConnectionLimits;
+use crate::config::server::ConnectionLimits;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, SharedRuntime};
 use crate::metrics::METRICS;

@@ -7,9 +7,8 @@
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::ResponseHeader;
+use pingora::{Error, ErrorSource, ErrorType};
 use serde::Serialize;
-
-use crate::pipeline::auth::AuthFailure;
 
 /// What a refused CORS preflight asked for that is not allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +28,94 @@ impl CorsRejection {
             CorsRejection::Origin => "origin",
             CorsRejection::Method => "method",
             CorsRejection::Headers => "headers",
+        }
+    }
+}
+
+/// Why authentication failed: a bounded set, for metrics and audit logs. Clients see one
+/// generic message whatever the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credential was presented.
+    Missing,
+    /// The credential could not be read (empty, repeated, two kinds at once, oversize).
+    Malformed,
+    /// No key has this hash.
+    UnknownKey,
+    /// The key has expired.
+    Expired,
+    /// The key is disabled.
+    Disabled,
+    /// A JWT was presented and no issuer is configured to verify it.
+    UnsupportedToken,
+    /// The JWT could not be decoded, or uses a header extension we do not understand.
+    MalformedToken,
+    /// The JWT's `iss` is not a configured issuer.
+    UnknownIssuer,
+    /// The JWT's `alg` is not in its issuer's allow-list.
+    AlgorithmNotAllowed,
+    /// No key of the issuer has the JWT's `kid` (or, without a `kid`, exactly one fits).
+    UnknownSigningKey,
+    /// The key the JWT names is of another type or algorithm than its `alg`.
+    WrongKeyType,
+    /// The JWT's signature does not verify.
+    BadSignature,
+    /// The JWT's `nbf` or `iat` is in the future.
+    NotYetValid,
+    /// The JWT is for another audience.
+    WrongAudience,
+    /// The JWT's `typ` is not the issuer's `required_typ` (an ID token used as an access token).
+    WrongTokenType,
+    /// A required claim is missing or malformed (`exp`, `aud`, `iss`, the subject).
+    InvalidClaims,
+    /// The issuer's JWKS has not been fetched yet.
+    KeysUnavailable,
+}
+
+impl AuthFailure {
+    /// The metric and log label.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::UnknownKey => "unknown_key",
+            AuthFailure::Expired => "expired",
+            AuthFailure::Disabled => "disabled",
+            AuthFailure::UnsupportedToken => "unsupported_token",
+            AuthFailure::MalformedToken => "malformed_token",
+            AuthFailure::UnknownIssuer => "unknown_issuer",
+            AuthFailure::AlgorithmNotAllowed => "algorithm_not_allowed",
+            AuthFailure::UnknownSigningKey => "unknown_signing_key",
+            AuthFailure::WrongKeyType => "wrong_key_type",
+            AuthFailure::BadSignature => "bad_signature",
+            AuthFailure::NotYetValid => "not_yet_valid",
+            AuthFailure::WrongAudience => "wrong_audience",
+            AuthFailure::WrongTokenType => "wrong_token_type",
+            AuthFailure::InvalidClaims => "invalid_claims",
+            AuthFailure::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    /// Whether the failure looks like a guess, and counts against `server.auth_failure_limit`.
+    /// Not: no credential, an expired or not-yet-valid one (a client's clock or refresh bug),
+    /// a key id the JWKS may not have fetched yet, keys not loaded (the gateway's own trouble).
+    pub fn is_guess(self) -> bool {
+        !matches!(
+            self,
+            AuthFailure::Missing
+                | AuthFailure::Expired
+                | AuthFailure::NotYetValid
+                | AuthFailure::UnknownSigningKey
+                | AuthFailure::KeysUnavailable
+        )
+    }
+
+    /// The RFC 6750 `error` attribute of `WWW-Authenticate`: none when nothing was sent.
+    pub fn bearer_error(self) -> Option<&'static str> {
+        match self {
+            AuthFailure::Missing => None,
+            AuthFailure::Malformed => Some("invalid_request"),
+            _ => Some("invalid_token"),
         }
     }
 }
@@ -268,6 +355,45 @@ pub fn json_response(
     resp.insert_header(http::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"))?;
     resp.insert_header(request_id_header.clone(), request_id.clone())?;
     Ok(resp)
+}
+
+/// The `kind` label of `portcullis_upstream_errors_total`.
+pub fn upstream_error_kind(e: &Error) -> &'static str {
+    match e.etype() {
+        ErrorType::ConnectTimedout => "connect_timeout",
+        ErrorType::ConnectRefused => "connect_refused",
+        ErrorType::ConnectNoRoute | ErrorType::ConnectError | ErrorType::BindError | ErrorType::SocketError => {
+            "connect_error"
+        }
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError
+        | ErrorType::TLSWantX509Lookup => "tls",
+        ErrorType::ReadTimedout => "read_timeout",
+        ErrorType::WriteTimedout => "write_timeout",
+        ErrorType::ConnectionClosed => "connection_closed",
+        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error | ErrorType::InvalidH2 => {
+            "protocol_error"
+        }
+        ErrorType::ReadError => "read_error",
+        ErrorType::WriteError => "write_error",
+        _ => "other",
+    }
+}
+
+/// Maps a Pingora error to the refusal the client sees; `None` when the client is gone.
+pub fn classify(e: &Error) -> Option<GatewayError> {
+    match (e.esource(), e.etype()) {
+        (ErrorSource::Upstream, ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+            Some(GatewayError::UpstreamTimeout)
+        }
+        (ErrorSource::Upstream, _) => Some(GatewayError::UpstreamUnavailable),
+        (ErrorSource::Downstream, ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed) => None,
+        (ErrorSource::Downstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => None,
+        (ErrorSource::Downstream, _) => Some(GatewayError::BadRequest("malformed request")),
+        _ => Some(GatewayError::Internal),
+    }
 }
 
 #[cfg(test)]

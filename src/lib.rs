@@ -38,7 +38,8 @@ use pingora::services::listening::Service;
 use config::Config;
 use connection::ClientConnections;
 use gateway::{Gateway, SharedRuntime};
-use logs::{LogSink, Logs};
+use logs::sink::LogSink;
+use logs::Logs;
 
 /// How long the runtimes get to stop once the grace period is over.
 pub const SHUTDOWN_TIMEOUT_SECONDS: u64 = 1;
@@ -53,7 +54,7 @@ const L4_WRITE_BUFFER: usize = 1460;
 
 /// HTTP/2 settings: Pingora's bounded defaults, with the header list held to
 /// `server.max_header_size` as HTTP/1 heads are.
-fn h2_options(limits: &config::runtime::ConnectionLimits) -> pingora::protocols::http::v2::server::H2Options {
+fn h2_options(limits: &config::server::ConnectionLimits) -> pingora::protocols::http::v2::server::H2Options {
     let mut options = pingora::protocols::http::v2::server::default_h2_options();
     options.max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
     options
@@ -74,6 +75,25 @@ pub fn open_logs(config: &Config) -> Result<Logs, String> {
     })
 }
 
+/// Why a validated configuration could not be started: the library returns it, and `main.rs`
+/// chooses the exit code.
+#[derive(Debug)]
+pub enum StartError {
+    /// A log named by the configuration cannot be opened: a configuration error.
+    Logs(String),
+    /// A listener cannot be set up, though its configuration validated.
+    Listener(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Logs(error) => write!(f, "{error}; check the path and its permissions; nothing was started"),
+            StartError::Listener(error) => write!(f, "{error}; nothing was started"),
+        }
+    }
+}
+
 /// Builds the Pingora server for a validated configuration, without starting it.
 ///
 /// Returns the server and the shared runtime pointer that a reload swaps.
@@ -82,7 +102,7 @@ pub fn build_server(
     path: &std::path::Path,
     logs: Arc<Logs>,
     upgrade: bool,
-) -> (Server, SharedRuntime) {
+) -> Result<(Server, SharedRuntime), StartError> {
     let process = &config.process;
     let conf = ServerConf {
         // Where a new binary started with `run --upgrade` waits for this one's sockets.
@@ -138,14 +158,10 @@ pub fn build_server(
         let Some(tls) = &listener.tls else { continue };
         // Config validation built these settings once already; failing here is not expected,
         // and a gateway missing a listener it was told to serve must not pretend otherwise.
-        let settings = match tls.settings() {
-            Ok(settings) => settings,
-            Err(error) => {
-                tracing::error!(address = %listener.address, %error, "cannot start the TLS listener");
-                eprintln!("portcullis: cannot start the TLS listener {}: {error}", listener.address);
-                std::process::exit(1);
-            }
-        };
+        let settings = tls.settings().map_err(|error| {
+            tracing::error!(address = %listener.address, %error, "cannot start the TLS listener");
+            StartError::Listener(format!("cannot start the TLS listener {}: {error}", listener.address))
+        })?;
         let edge = gateway::ListenerEdge { redirect_to: None, hsts: tls.hsts.clone() };
         let mut proxy = http_proxy(&server.configuration, Gateway::new(runtime.clone(), edge, logs.clone()));
         let mut options = HttpServerOptions::default();
@@ -186,7 +202,7 @@ pub fn build_server(
         admin.threads = Some(1);
         server.add_service(admin);
     }
-    (server, runtime)
+    Ok((server, runtime))
 }
 
 /// Starts the gateway with the configuration loaded from `path`, and serves until a signal
@@ -194,19 +210,15 @@ pub fn build_server(
 ///
 /// With `upgrade`, the listening sockets are taken over from the running gateway that is sent
 /// `SIGQUIT` (Pingora's graceful upgrade): no connection is refused across the swap.
-pub fn run(config: Config, path: &std::path::Path, upgrade: bool) -> ! {
-    let logs = match open_logs(&config) {
-        Ok(logs) => Arc::new(logs),
-        Err(error) => {
-            eprintln!("portcullis: {error}; check the path and its permissions; nothing was started");
-            std::process::exit(i32::from(cli::EXIT_CONFIG));
-        }
-    };
+///
+/// Returns once a graceful stop is over.
+pub fn run(config: Config, path: &std::path::Path, upgrade: bool) -> Result<(), StartError> {
+    let logs = Arc::new(open_logs(&config).map_err(StartError::Logs)?);
     if let Some(sink) = &logs.audit {
         logs::audit::config_loaded(sink, &config.files);
     }
     raise_open_files_limit(&config.process);
-    let (server, _runtime) = build_server(&config, path, logs, upgrade);
+    let (server, _runtime) = build_server(&config, path, logs, upgrade)?;
     for listener in &config.process.listeners {
         tracing::info!(address = %listener.address, h2c = listener.h2c, tls = listener.tls.is_some(), "listening");
     }
@@ -214,7 +226,7 @@ pub fn run(config: Config, path: &std::path::Path, upgrade: bool) -> ! {
         tracing::info!(%address, "admin listener: /metrics, /healthz, /readyz");
     }
     server.run(RunArgs { shutdown_signal: Box::new(shutdown::Signals::new(config.process.shutdown_delay)) });
-    std::process::exit(0)
+    Ok(())
 }
 
 /// Descriptors the gateway needs besides one per client connection: upstream connections
@@ -224,7 +236,7 @@ const SPARE_FILES: u64 = 1024;
 /// Raises the soft open-files limit towards the hard one, as far as `server.max_connections`
 /// (and the upstream connections beside them) need: the usual soft limit of 1024 would refuse
 /// connections with "too many open files" long before the configured limit.
-fn raise_open_files_limit(process: &config::runtime::ProcessSettings) {
+fn raise_open_files_limit(process: &config::server::ProcessSettings) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let wanted = (process.connections.max_connections as u64)
         .saturating_mul(2)

@@ -89,7 +89,17 @@ fn main() -> ExitCode {
                     if !openssl_on_mimalloc {
                         tracing::warn!("OpenSSL allocates with the system allocator: memory TLS connections freed may not be returned");
                     }
-                    portcullis::run(config, &cli.config, upgrade)
+                    match portcullis::run(config, &cli.config, upgrade) {
+                        // Pingora's runtimes are done with; what is left of them is not waited for.
+                        Ok(()) => std::process::exit(0),
+                        Err(error) => {
+                            eprintln!("portcullis: {error}");
+                            match error {
+                                portcullis::StartError::Logs(_) => ExitCode::from(cli::EXIT_CONFIG),
+                                portcullis::StartError::Listener(_) => ExitCode::from(1),
+                            }
+                        }
+                    }
                 }
                 Err(code) => code,
             }

@@ -15,9 +15,6 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::ctx::Exchange;
-use crate::error::GatewayError;
-
 /// Latency buckets in seconds: 0.5 ms (a locally answered request) to 30 s (a slow upstream).
 const LATENCY_BUCKETS: [f64; 15] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -230,39 +227,6 @@ impl Metrics {
         // Encoding gathered families into a Vec cannot fail; an empty scrape is the fallback.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
-    }
-
-    /// Records a finished request: its count and duration, the upstream's time and errors,
-    /// the authentication decision, and the refusals counted on their own.
-    pub fn record_exchange(&self, x: &Exchange<'_>) {
-        let ctx = x.ctx;
-        self.record_request(x.route_name(), &x.request.method, x.status, x.elapsed.as_secs_f64());
-        // (Upstream errors are counted where they happen: fail_to_connect, error_while_proxy.)
-        if let (Some(upstream), Some(elapsed)) = (x.upstream_name(), ctx.upstream.elapsed) {
-            self.upstream_duration.with_label_values(&[upstream]).observe(elapsed.as_secs_f64());
-        }
-        let decision = match (&ctx.principal, &ctx.refusal) {
-            (Some(p), Some(GatewayError::PermissionDenied { .. })) => {
-                Some((ctx.runtime.auth.summary(p).method, "denied", "permission"))
-            }
-            (Some(p), Some(GatewayError::CredentialNotAccepted)) => {
-                Some((ctx.runtime.auth.summary(p).method, "denied", "credential"))
-            }
-            (Some(p), _) => Some((ctx.runtime.auth.summary(p).method, "success", "ok")),
-            (None, Some(GatewayError::AuthenticationFailed(failure))) => {
-                Some((ctx.runtime.auth.presented(&x.request.headers).method, "failure", failure.label()))
-            }
-            _ => None,
-        };
-        if let Some((method, result, reason)) = decision {
-            self.auth_decisions.with_label_values(&[method, result, reason]).inc();
-        }
-        match &ctx.refusal {
-            Some(GatewayError::RateLimited { policy, .. }) => self.rate_limited.with_label_values(&[policy]).inc(),
-            Some(GatewayError::CorsRejected(_)) => self.cors_rejected.inc(),
-            Some(GatewayError::HostNotAllowed) => self.host_rejected.inc(),
-            _ => {}
-        }
     }
 
     /// Records one answered request.

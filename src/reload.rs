@@ -25,7 +25,7 @@ use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::config::runtime::ProcessSettings;
+use crate::config::server::ProcessSettings;
 use crate::config::{self, Config, Runtime};
 use crate::gateway::SharedRuntime;
 use crate::health::HealthChecker;

@@ -12,8 +12,8 @@ use std::sync::LazyLock;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use portcullis::config::Runtime;
+use portcullis::pipeline::auth::AuthMode;
 use portcullis::pipeline::auth::Principal;
-use portcullis::pipeline::route::AuthMode;
 
 /// The one valid key: sha256("pcs_fuzz-key-0123456789abcdef").
 const KEY: &str = "pcs_fuzz-key-0123456789abcdef";

@@ -10,21 +10,27 @@ use http::HeaderName;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
 use super::file::{AuthSection, JwtSection};
-use super::runtime::build_names;
+use super::secrets::read_secret;
+use super::sources::Problems;
 use super::units::parse_duration;
-use super::Problems;
 use crate::pipeline::auth::apikey::{parse_hash, ApiKey, ApiKeys};
-use crate::pipeline::auth::jwks::{
-    parse_jwks, RemoteJwks, RemoteSettings, DEFAULT_FETCH_TIMEOUT, DEFAULT_MIN_REFRESH_INTERVAL,
-    DEFAULT_REFRESH_INTERVAL,
-};
-use crate::pipeline::auth::jwt::{
-    parse_algorithm, Issuer, IssuerSettings, JwtVerifier, KeySet, KeySource, VerifyKey, ALGORITHM_NAMES,
-};
-use crate::pipeline::auth::token_cache::{TokenCache, DEFAULT_TOKEN_CACHE_SIZE};
+use crate::pipeline::auth::jwks::{parse_jwks, RemoteJwks, RemoteSettings};
+use crate::pipeline::auth::jwt::{parse_algorithm, Issuer, IssuerSettings, JwtVerifier, KeySource, ALGORITHM_NAMES};
+use crate::pipeline::auth::keys::{KeySet, VerifyKey};
+use crate::pipeline::auth::token_cache::TokenCache;
 use crate::pipeline::auth::Authenticator;
 use crate::pipeline::forward::IDENTITY_HEADER_PREFIX;
 
+/// `auth.api_key_headers` when unset.
+pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
+/// `jwks_refresh_interval` when unset.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// `jwks_min_refresh_interval` when unset.
+pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// `jwks_fetch_timeout` when unset.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// `auth.token_cache_size` when unset.
+pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
 /// `leeway` when unset.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 /// The largest `leeway` accepted: more would keep expired tokens alive.
@@ -44,8 +50,8 @@ pub const MIN_SECRET_LEN: usize = 32;
 const IDENTITY_HEADERS: [&str; 5] =
     ["x-auth-subject", "x-auth-method", "x-auth-key-id", "x-auth-issuer", "x-auth-permissions"];
 
-pub(super) fn build_auth(section: Option<&AuthSection>, p: &mut Problems<'_>) -> Authenticator {
-    let mut auth = Authenticator::default();
+pub(super) fn build(section: Option<&AuthSection>, p: &mut Problems<'_>) -> Authenticator {
+    let mut auth = Authenticator::reading(vec![HeaderName::from_static(DEFAULT_API_KEY_HEADER)]);
     let Some(section) = section else { return auth };
     if let Some(headers) = &section.api_key_headers {
         auth.api_key_headers.clear();
@@ -415,29 +421,24 @@ fn max_of(key: &str) -> Duration {
     }
 }
 
-/// `env:NAME` or `file:PATH`: secrets never sit in the config itself.
-pub(super) fn read_secret(spec: &str) -> Result<Vec<u8>, (String, &'static str)> {
-    if let Some(name) = spec.strip_prefix("env:") {
-        return match std::env::var(name) {
-            Ok(v) if !v.is_empty() => Ok(v.into_bytes()),
-            _ => Err((format!("environment variable {name} is not set"), "export it to the gateway's environment")),
-        };
-    }
-    if let Some(path) = spec.strip_prefix("file:") {
-        let path =
-            super::secret_path(path).map_err(|e| (e, "run under systemd with LoadCredential=, or give a path"))?;
-        let mut bytes = std::fs::read(&path).map_err(|e| {
-            (format!("cannot read {}: {e}", path.display()), "point it at a readable file holding the secret")
-        })?;
-        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            bytes.pop();
+/// A list of names (permissions): non-empty, no duplicates, no separators that would garble
+/// the comma-separated `X-Auth-Permissions` header.
+pub(super) fn build_names(names: Option<&[String]>, key: &str, what: &str, p: &mut Problems<'_>) -> Vec<Box<str>> {
+    let mut out: Vec<Box<str>> = Vec::new();
+    for (j, name) in names.unwrap_or(&[]).iter().enumerate() {
+        if !crate::pipeline::auth::is_permission_name(name) {
+            p.push(
+                &format!("{key}[{j}]"),
+                format!("\"{name}\" is not a {what} name"),
+                "use letters, digits and _ . : - such as \"read_models\"",
+            );
+        } else if out.iter().any(|o| **o == **name) {
+            p.push(&format!("{key}[{j}]"), format!("\"{name}\" is listed twice"), "list it once");
+        } else {
+            out.push(name.as_str().into());
         }
-        return Ok(bytes);
     }
-    Err((
-        "is not \"env:NAME\" or \"file:PATH\"".into(),
-        "keep the secret out of the config: secret = \"env:JWT_SECRET\" or \"file:/run/secrets/jwt\"",
-    ))
+    out
 }
 
 fn read_file(path: &str) -> Result<Vec<u8>, String> {

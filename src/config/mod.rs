@@ -6,19 +6,27 @@
 //! an error. Every problem is reported with the file that holds it (see [`Sources`]).
 
 mod auth;
-mod edge;
+mod cors;
 pub mod error;
 pub mod file;
+pub mod listeners;
 mod production;
+mod ratelimit;
+mod routes;
 pub mod runtime;
+pub mod secrets;
+pub mod server;
+pub mod sources;
 mod tls;
 pub mod units;
+pub mod upstreams;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub use crate::pipeline::Runtime;
 pub use error::{ConfigError, ConfigErrors};
-pub use runtime::{Config, Runtime};
+pub use runtime::Config;
+pub use sources::{Problems, Sources};
 
 use file::FileConfig;
 use serde::Deserialize;
@@ -72,19 +80,6 @@ fn load_texts(root: &Path, texts: &[(String, String)], files: Vec<PathBuf>) -> R
     let file_config = FileConfig::deserialize(toml::Value::Table(merged))
         .map_err(|e| file_error(&sources.root, e.message().to_string(), "check the tables shared between files"))?;
     runtime::build(&file_config, &sources, files)
-}
-
-/// The path of a `file:` secret: a leading `$CREDENTIALS_DIRECTORY` (or `${CREDENTIALS_DIRECTORY}`)
-/// is the directory systemd's `LoadCredential=` fills, taken from the environment.
-pub fn secret_path(path: &str) -> Result<std::path::PathBuf, String> {
-    let rest = path.strip_prefix("${CREDENTIALS_DIRECTORY}").or_else(|| path.strip_prefix("$CREDENTIALS_DIRECTORY"));
-    match rest {
-        None => Ok(std::path::PathBuf::from(path)),
-        Some(rest) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-            Some(dir) => Ok(std::path::PathBuf::from(format!("{}{rest}", dir.to_string_lossy()))),
-            None => Err("names $CREDENTIALS_DIRECTORY, which is not set (systemd sets it with LoadCredential=)".into()),
-        },
-    }
 }
 
 /// The files `-c PATH` names: the file itself, or a directory's `*.toml` in name order.
@@ -148,154 +143,4 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 
 fn file_error(file: &str, problem: String, fix: &str) -> ConfigError {
     ConfigError { file: file.to_string(), key: String::new(), problem, fix: fix.to_string() }
-}
-
-/// Where each key of the merged configuration came from, so that a validation error about
-/// `route[3].upstream` can say `conf/routes.toml: route[1].upstream`.
-#[derive(Debug)]
-pub struct Sources {
-    root: String,
-    /// merged key path → (file, key path inside that file).
-    origin: HashMap<String, (String, String)>,
-}
-
-impl Sources {
-    fn new(root: &Path) -> Self {
-        Sources { root: root.display().to_string(), origin: HashMap::new() }
-    }
-
-    /// Merges one file's table into `merged`: arrays of tables are appended, tables are merged
-    /// key by key, and any other key present in both is an error.
-    fn merge(&mut self, merged: &mut toml::Table, table: toml::Table, file: &str, errors: &mut Vec<ConfigError>) {
-        self.merge_at(merged, table, file, "", "", errors);
-    }
-
-    fn merge_at(
-        &mut self,
-        merged: &mut toml::Table,
-        table: toml::Table,
-        file: &str,
-        merged_prefix: &str,
-        local_prefix: &str,
-        errors: &mut Vec<ConfigError>,
-    ) {
-        for (key, value) in table {
-            let merged_key = join(merged_prefix, &key);
-            let local_key = join(local_prefix, &key);
-            match (merged.get_mut(&key), value) {
-                (Some(toml::Value::Array(existing)), toml::Value::Array(more))
-                    if is_table_array(existing) && is_table_array(&more) =>
-                {
-                    let offset = existing.len();
-                    for (i, item) in more.into_iter().enumerate() {
-                        self.record_tree(
-                            &item,
-                            file,
-                            &format!("{merged_key}[{}]", offset + i),
-                            &format!("{local_key}[{i}]"),
-                        );
-                        existing.push(item);
-                    }
-                }
-                (Some(toml::Value::Table(existing)), toml::Value::Table(more)) => {
-                    self.merge_at(existing, more, file, &merged_key, &local_key, errors);
-                }
-                (Some(_), _) => {
-                    let (first, _) = self.locate(&merged_key);
-                    errors.push(ConfigError {
-                        file: file.to_string(),
-                        key: local_key,
-                        problem: format!("is also set in {first}"),
-                        fix: "set each key in one file only".to_string(),
-                    });
-                }
-                (None, value) => {
-                    self.record_tree(&value, file, &merged_key, &local_key);
-                    merged.insert(key, value);
-                }
-            }
-        }
-    }
-
-    fn record_tree(&mut self, value: &toml::Value, file: &str, merged_key: &str, local_key: &str) {
-        self.origin.insert(merged_key.to_string(), (file.to_string(), local_key.to_string()));
-        match value {
-            toml::Value::Table(t) => {
-                for (k, v) in t {
-                    self.record_tree(v, file, &join(merged_key, k), &join(local_key, k));
-                }
-            }
-            toml::Value::Array(items) if is_table_array(items) => {
-                for (i, v) in items.iter().enumerate() {
-                    self.record_tree(v, file, &format!("{merged_key}[{i}]"), &format!("{local_key}[{i}]"));
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// The file and in-file key path for a merged key path. A key that no file set (a missing
-    /// key, reported against the table that lacks it) resolves through its nearest parent.
-    pub fn locate(&self, merged_key: &str) -> (String, String) {
-        let mut prefix = merged_key;
-        loop {
-            if let Some((file, local)) = self.origin.get(prefix) {
-                return (file.clone(), format!("{local}{}", &merged_key[prefix.len()..]));
-            }
-            match prefix.rfind(['.', '[']) {
-                Some(cut) => prefix = &prefix[..cut],
-                None => return (self.root.clone(), merged_key.to_string()),
-            }
-        }
-    }
-
-    /// A [`ConfigError`] about `merged_key`, placed in the file that holds it.
-    pub fn error(&self, merged_key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
-        let (file, key) = self.locate(merged_key);
-        ConfigError { file, key, problem: problem.into(), fix: fix.into() }
-    }
-}
-
-fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_string()
-    } else {
-        format!("{prefix}.{key}")
-    }
-}
-
-fn is_table_array(items: &[toml::Value]) -> bool {
-    !items.is_empty() && items.iter().all(toml::Value::is_table)
-}
-
-/// Collects every problem of one validation pass, each placed in its file.
-pub struct Problems<'a> {
-    sources: &'a Sources,
-    errors: Vec<ConfigError>,
-}
-
-impl<'a> Problems<'a> {
-    /// An empty collector over `sources`.
-    pub fn new(sources: &'a Sources) -> Self {
-        Problems { sources, errors: Vec::new() }
-    }
-
-    /// Records that `key` (a merged key path) is wrong, and how to fix it.
-    pub fn push(&mut self, key: &str, problem: impl Into<String>, fix: impl Into<String>) {
-        self.errors.push(self.sources.error(key, problem, fix));
-    }
-
-    /// Whether nothing was found.
-    pub fn is_empty(&self) -> bool {
-        self.errors.is_empty()
-    }
-
-    /// The problems found, or `Ok(value)` when there were none.
-    pub fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
-        if self.errors.is_empty() {
-            Ok(value)
-        } else {
-            Err(ConfigErrors(self.errors))
-        }
-    }
 }

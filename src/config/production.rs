@@ -23,8 +23,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::file::FileConfig;
-use super::runtime::Listener;
-use super::Problems;
+use super::listeners::Listener;
+use super::sources::Problems;
 
 /// Values seen in tutorials, READMEs and generated examples: a secret equal to one of these (in
 /// any case) is a placeholder someone forgot to replace.
@@ -92,7 +92,7 @@ pub(super) fn check(
         }
     }
     for (i, u) in file.upstream.iter().enumerate() {
-        if u.targets.iter().flatten().any(|t| t == super::runtime::ECHO_TARGET) {
+        if u.targets.iter().flatten().any(|t| t == super::upstreams::ECHO_TARGET) {
             p.push(
                 &format!("upstream[{i}].targets"),
                 "is builtin:echo in production: it reflects every request, cookies and credentials included, back to its sender",
@@ -122,7 +122,7 @@ pub(super) fn check(
         for (i, jwt) in auth.jwt.iter().enumerate() {
             let Some(spec) = jwt.secret.as_deref() else { continue };
             let key = format!("auth.jwt[{i}].secret");
-            if let Ok(secret) = super::auth::read_secret(spec) {
+            if let Ok(secret) = super::secrets::read_secret(spec) {
                 check_hmac_secret(&secret, &key, p);
             }
             check_secret_file(spec, &key, p);
@@ -206,7 +206,7 @@ fn check_hmac_secret(secret: &[u8], key: &str, p: &mut Problems<'_>) {
 /// A `file:` secret must not be readable by other users.
 fn check_secret_file(spec: &str, key: &str, p: &mut Problems<'_>) {
     let Some(path) = spec.strip_prefix("file:") else { return };
-    let Ok(path) = super::secret_path(path) else { return };
+    let Ok(path) = super::secrets::secret_path(path) else { return };
     if mode(&path).is_some_and(|m| m & 0o004 != 0) {
         p.push(
             key,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use super::file::TlsSection;
-use super::Problems;
+use super::sources::Problems;
 use crate::tls::{read_certificates, CertificateSource, KeySource, ListenerTls, MinVersion};
 
 /// Validates one listener's `[listener.tls]`; `key` is its place, e.g. `listener[1].tls`.
@@ -68,7 +68,7 @@ pub(super) fn build_listener_tls(section: &TlsSection, key: &str, p: &mut Proble
         // otherwise be taken for a path and printed in the error.
         let key_source = match c.key.as_deref() {
             Some(spec) if spec.starts_with("env:") => KeySource::Env(spec["env:".len()..].to_string()),
-            Some(spec) if spec.starts_with("file:") => match super::secret_path(&spec["file:".len()..]) {
+            Some(spec) if spec.starts_with("file:") => match super::secrets::secret_path(&spec["file:".len()..]) {
                 Ok(path) => KeySource::File(path),
                 Err(e) => {
                     p.push(&at("key"), e, "run under systemd with LoadCredential=, or give a path");

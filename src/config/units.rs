@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::sources::Problems;
+
 /// Parses a duration such as `"250ms"`, `"30s"`, `"10m"`, `"1h"` or `"1h 30m"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -31,6 +33,22 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     number.checked_mul(multiplier).ok_or_else(bad)
+}
+
+/// A positive duration at `key`, or `default` when unset (a problem when zero or unreadable).
+pub(super) fn duration(p: &mut Problems<'_>, key: &str, value: Option<&str>, default: Duration) -> Duration {
+    match value.map(parse_duration) {
+        None => default,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            p.push(key, "is zero", "give a positive duration such as \"30s\"");
+            default
+        }
+        Some(Err(e)) => {
+            p.push(key, e, "give a duration such as \"250ms\", \"30s\", \"10m\" or \"1h\"");
+            default
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use crate::ctx::Exchange;
+use super::exchange::Exchange;
 use crate::error::GatewayError;
 use crate::redact::{cut_at, redact, redact_target, redact_value};
 
@@ -31,7 +31,7 @@ pub struct AccessRecord<'a> {
     log: &'static str,
     time: String,
     request_id: Cow<'a, str>,
-    client_ip: IpAddr,
+    client_ip: Option<IpAddr>,
     method: &'a str,
     host: String,
     path: String,
@@ -75,13 +75,13 @@ impl<'a> AccessRecord<'a> {
     pub fn new(x: &'a Exchange<'a>) -> Self {
         let ctx = x.ctx;
         let target = x.request.uri.path_and_query().map_or("/", |p| p.as_str());
-        let summary = ctx.principal.as_ref().map(|p| ctx.runtime.auth.summary(p));
+        let summary = x.principal().map(|p| ctx.runtime.auth.summary(p));
         let host = redact_value(&String::from_utf8_lossy(x.requested_host()));
         AccessRecord {
             log: "access",
-            time: super::timestamp(),
-            request_id: redact(ctx.request_id.to_str().unwrap_or("")),
-            client_ip: ctx.client_ip,
+            time: super::sink::timestamp(),
+            request_id: redact(x.request_id()),
+            client_ip: x.admission().map(|a| a.client_ip),
             method: cut_at(x.request.method.as_str(), MAX_LOGGED_METHOD),
             host,
             path: redact_target(target),
@@ -100,8 +100,8 @@ impl<'a> AccessRecord<'a> {
             key_id: summary.as_ref().and_then(|s| s.key_id),
             subject: summary.as_ref().map(|s| redact_value(&String::from_utf8_lossy(s.subject))),
             issuer: summary.as_ref().and_then(|s| s.issuer),
-            error: ctx.refusal.as_ref().map(GatewayError::code),
-            reason: ctx.refusal.as_ref().map(|r| match r {
+            error: x.refusal().map(GatewayError::code),
+            reason: x.refusal().map(|r| match r {
                 GatewayError::AuthenticationFailed(failure) => failure.label(),
                 other => other.metric_label(),
             }),

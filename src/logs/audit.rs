@@ -21,8 +21,8 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::LogSink;
-use crate::ctx::Exchange;
+use super::exchange::Exchange;
+use super::sink::LogSink;
 use crate::error::GatewayError;
 use crate::pipeline::auth::PrincipalSummary;
 use crate::redact::{redact, redact_value};
@@ -73,14 +73,13 @@ pub struct AuditRecord<'a> {
 
 impl<'a> AuditRecord<'a> {
     fn event(event: &'static str) -> Self {
-        AuditRecord { log: "audit", time: super::timestamp(), event, ..AuditRecord::default() }
+        AuditRecord { log: "audit", time: super::sink::timestamp(), event, ..AuditRecord::default() }
     }
 
     fn about(event: &'static str, x: &'a Exchange<'a>) -> Self {
-        let ctx = x.ctx;
         AuditRecord {
-            request_id: ctx.request_id.to_str().ok().map(redact),
-            client_ip: Some(ctx.client_ip),
+            request_id: x.admission().and_then(|a| a.request_id.to_str().ok()).map(redact),
+            client_ip: x.admission().map(|a| a.client_ip),
             route: Some(x.route_name()).filter(|r| !r.is_empty()),
             ..Self::event(event)
         }
@@ -102,18 +101,18 @@ impl<'a> AuditRecord<'a> {
 /// Writes the audit events of a finished request.
 pub fn record(x: &Exchange<'_>, sink: &LogSink) {
     let ctx = x.ctx;
-    let summary = ctx.principal.as_ref().map(|p| ctx.runtime.auth.summary(p));
+    let summary = x.principal().map(|p| ctx.runtime.auth.summary(p));
     if summary.is_some() {
         sink.write(&AuditRecord::about("auth_success", x).caller(summary.as_ref()));
     }
-    let Some(refusal) = &ctx.refusal else { return };
+    let Some(refusal) = x.refusal() else { return };
     let record = match refusal {
         GatewayError::AuthenticationFailed(failure) => {
-            let presented = ctx.runtime.auth.presented(&x.request.headers);
+            let presented = x.admission().and_then(|a| a.presented.as_ref());
             AuditRecord {
-                method: Some(presented.method),
+                method: Some(presented.map_or("unknown", |p| p.method)),
                 reason: Some(failure.label()),
-                key_prefix: presented.key_prefix,
+                key_prefix: presented.and_then(|p| p.key_prefix.clone()),
                 ..AuditRecord::about("auth_failure", x)
             }
         }

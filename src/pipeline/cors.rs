@@ -30,12 +30,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::error::{CorsRejection, GatewayError};
 
-/// `cors.max_age` when unset: ten minutes of preflight caching.
-pub const DEFAULT_MAX_AGE_SECS: u64 = 600;
 /// The longest `cors.max_age` (Firefox's cap; Chromium caps at two hours).
 pub const MAX_MAX_AGE_SECS: u64 = 86_400;
-/// `cors.allowed_methods` when unset.
-pub const DEFAULT_ALLOWED_METHODS: [&str; 3] = ["GET", "HEAD", "POST"];
 /// The most header names a preflight may ask for.
 const MAX_REQUESTED_HEADERS: usize = 64;
 
@@ -361,6 +357,18 @@ fn single<'r>(req: &'r RequestHeader, name: &HeaderName) -> Option<&'r HeaderVal
 fn join<'a>(parts: impl Iterator<Item = &'a str>) -> HeaderValue {
     let text = parts.collect::<Vec<_>>().join(", ");
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// What CORS does to a request's response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CorsState {
+    /// Nothing: no `[cors]`, or a route with `cors = false`.
+    #[default]
+    Off,
+    /// A preflight: answered by the gateway, never decorated as an actual response.
+    Preflight,
+    /// An actual request: the `Access-Control-Allow-Origin` value when its origin is allowed.
+    Actual(Option<HeaderValue>),
 }
 
 #[cfg(test)]

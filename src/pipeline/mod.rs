@@ -32,3 +32,36 @@ pub mod ratelimit;
 pub mod request_id;
 pub mod route;
 pub mod upstream;
+
+use http::HeaderName;
+
+use auth::Authenticator;
+use client::TrustedProxies;
+use cors::CorsPolicy;
+use host::HostAllowList;
+use ratelimit::RateLimiter;
+use route::RouteTable;
+use upstream::Upstream;
+
+/// The state each request reads, swapped whole on reload.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Host allow-list.
+    pub hosts: HostAllowList,
+    /// Trusted proxies.
+    pub trusted_proxies: TrustedProxies,
+    /// Largest request body in bytes.
+    pub max_body_size: u64,
+    /// Request id header name.
+    pub request_id_header: HeaderName,
+    /// API keys and how credentials are read.
+    pub auth: Authenticator,
+    /// `[cors]`, when configured.
+    pub cors: Option<CorsPolicy>,
+    /// Rate-limit policies and their counters, and the failed-authentication limit.
+    pub limits: RateLimiter,
+    /// Routes.
+    pub routes: RouteTable,
+    /// Upstreams, indexed by `Route::upstream`.
+    pub upstreams: Vec<Upstream>,
+}

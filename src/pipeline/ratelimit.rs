@@ -45,8 +45,6 @@ const SHARDS: usize = 32;
 const SKETCH_HASHES: usize = 4;
 /// Counters per sketch row.
 const SKETCH_SLOTS: usize = 16_384;
-/// `server.auth_failure_limit` when unset: failed authentications per client address.
-pub const DEFAULT_AUTH_FAILURE_LIMIT: Rate = Rate { count: 30, period: 60 };
 
 /// The most policies one route may name (config validation refuses more).
 pub const MAX_POLICIES_PER_ROUTE: usize = 8;

@@ -22,23 +22,12 @@ use std::collections::HashMap;
 use http::{HeaderValue, Method};
 
 use crate::error::GatewayError;
-use crate::pipeline::auth::AcceptedCredentials;
+use crate::pipeline::auth::{AcceptedCredentials, AuthMode};
 use crate::pipeline::host::HostPattern;
 use crate::pipeline::ratelimit::PolicyId;
 
 /// Index of a route in [`RouteTable::routes`].
 pub type RouteId = usize;
-
-/// How a route authenticates requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
-    /// A valid credential is needed (the default: deny unless configured otherwise).
-    Required,
-    /// A credential is checked when sent; anonymous requests pass.
-    Optional,
-    /// No credential is looked at.
-    None,
-}
 
 /// One validated `[[route]]`.
 #[derive(Debug)]

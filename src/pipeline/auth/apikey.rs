@@ -12,7 +12,7 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::AuthFailure;
+use crate::error::AuthFailure;
 
 /// The prefix of generated keys: recognisable in leaked-secret scanners and support tickets.
 pub const KEY_PREFIX: &str = "pcs_";

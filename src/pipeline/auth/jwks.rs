@@ -31,19 +31,12 @@ use tokio::sync::{watch, Notify};
 
 use crate::metrics::METRICS;
 
-use super::jwt::{KeySet, VerifyKey};
+use super::keys::{KeySet, VerifyKey};
 
 /// The largest JWKS document read.
 pub const MAX_JWKS_BYTES: usize = 512 * 1024;
 /// The most keys taken from one document.
 pub const MAX_JWKS_KEYS: usize = 64;
-
-/// `jwks_refresh_interval` when unset.
-pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
-/// `jwks_min_refresh_interval` when unset.
-pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
-/// `jwks_fetch_timeout` when unset.
-pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Deserialize)]
 struct Document {

@@ -17,20 +17,18 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::identity::{is_permission_name, JwtIdentity};
 use super::jwks::RemoteJwks;
+use super::keys::{KeyMiss, KeySet};
 use super::token_cache::{token_digest, TokenCache};
-use super::{is_permission_name, AuthFailure};
-
-/// The longest a verified token stays cached when it has no `exp`, or a distant one.
-pub const TOKEN_CACHE_MAX_TTL: Duration = Duration::from_secs(300);
+use crate::error::AuthFailure;
 
 /// Every algorithm family, in the order [`family_index`] numbers them.
 const FAMILIES: [AlgorithmFamily; 4] =
@@ -42,65 +40,6 @@ fn family_index(family: AlgorithmFamily) -> usize {
         AlgorithmFamily::Rsa => 1,
         AlgorithmFamily::Ec => 2,
         AlgorithmFamily::Ed => 3,
-    }
-}
-
-/// A key that verifies signatures: from a JWK, a PEM file or a secret.
-#[derive(Clone)]
-pub struct VerifyKey {
-    /// The JWK `kid`; `None` matches a token with any (or no) `kid` when it is the only key
-    /// of the token's algorithm family.
-    pub kid: Option<Box<str>>,
-    /// The one algorithm this key may verify, when its JWK says so (`alg`, or the EC curve).
-    pub alg: Option<Algorithm>,
-    /// The key.
-    pub key: DecodingKey,
-}
-
-impl VerifyKey {
-    fn accepts(&self, alg: Algorithm) -> bool {
-        self.key.family() == alg.family() && self.alg.is_none_or(|a| a == alg)
-    }
-}
-
-/// The keys of an issuer at one moment.
-#[derive(Clone, Default)]
-pub struct KeySet {
-    /// Changes whenever the keys do: cached tokens verified under an older set are re-verified.
-    pub generation: u64,
-    /// The keys.
-    pub keys: Vec<VerifyKey>,
-}
-
-/// Why no key could be chosen for a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyMiss {
-    /// No key has the token's `kid` (or, without a `kid`, none fits its algorithm).
-    Unknown,
-    /// The `kid` names a key of another type or algorithm.
-    WrongType,
-    /// No `kid`, and several keys fit.
-    Ambiguous,
-}
-
-impl KeySet {
-    fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<&VerifyKey, KeyMiss> {
-        if let Some(kid) = kid {
-            if let Some(key) = self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)) {
-                return if key.accepts(alg) { Ok(key) } else { Err(KeyMiss::WrongType) };
-            }
-        }
-        // Keys without a kid (a PEM file, a secret, a JWK that names none) serve any token of
-        // their algorithm, as long as exactly one of them does.
-        let mut fitting = self.keys.iter().filter(|k| (kid.is_none() || k.kid.is_none()) && k.accepts(alg));
-        match (fitting.next(), fitting.next()) {
-            (Some(key), None) => Ok(key),
-            (Some(_), Some(_)) => Err(KeyMiss::Ambiguous),
-            (None, _) if kid.is_none() && self.keys.iter().any(|k| k.key.family() != alg.family()) => {
-                Err(KeyMiss::WrongType)
-            }
-            (None, _) => Err(KeyMiss::Unknown),
-        }
     }
 }
 
@@ -220,23 +159,6 @@ impl Issuer {
             validations,
         })
     }
-}
-
-/// A caller verified by a JWT: everything the later stages need, rendered once.
-#[derive(Debug, PartialEq, Eq)]
-pub struct JwtIdentity {
-    /// Index of the issuer in [`JwtVerifier::issuers`].
-    pub issuer: usize,
-    /// `X-Auth-Subject`.
-    pub subject: HeaderValue,
-    /// The permissions granted by the permissions claim.
-    pub permissions: Vec<Box<str>>,
-    /// `X-Auth-Permissions`.
-    pub permissions_header: HeaderValue,
-    /// The `claims_to_headers` headers present in this token.
-    pub claim_headers: Vec<(HeaderName, HeaderValue)>,
-    /// `exp`, seconds since the epoch.
-    pub expires_at: Option<u64>,
 }
 
 /// Why a token was not accepted.
@@ -479,7 +401,9 @@ pub const ALGORITHM_NAMES: &str = "HS256, HS384, HS512, RS256, RS384, RS512, PS2
 
 #[cfg(test)]
 mod tests {
+    use super::super::keys::VerifyKey;
     use super::*;
+    use jsonwebtoken::DecodingKey;
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde_json::json;
 

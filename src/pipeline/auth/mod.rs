@@ -10,8 +10,10 @@
 //! anonymous requests through but refuses bad credentials, `required` (the default) refuses both.
 
 pub mod apikey;
+pub mod identity;
 pub mod jwks;
 pub mod jwt;
+pub mod keys;
 pub mod token_cache;
 
 use std::sync::Arc;
@@ -20,112 +22,24 @@ use std::time::SystemTime;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::error::GatewayError;
-use crate::pipeline::route::AuthMode;
+use crate::error::{AuthFailure, GatewayError};
 use crate::tls::ClientCertificate;
 use apikey::ApiKeys;
-use jwt::{JwtIdentity, JwtRejection, JwtVerifier};
+pub use identity::{is_permission_name, Identity, JwtIdentity, Presented, Principal, PrincipalSummary};
+use jwt::{JwtRejection, JwtVerifier};
 
 /// The longest credential accepted: a bearer token or API key over this is refused unread.
 pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
 
-/// Why authentication failed: a bounded set, for metrics and audit logs. Clients see one
-/// generic message whatever the reason.
+/// How a route authenticates requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthFailure {
-    /// No credential was presented.
-    Missing,
-    /// The credential could not be read (empty, repeated, two kinds at once, oversize).
-    Malformed,
-    /// No key has this hash.
-    UnknownKey,
-    /// The key has expired.
-    Expired,
-    /// The key is disabled.
-    Disabled,
-    /// A JWT was presented and no issuer is configured to verify it.
-    UnsupportedToken,
-    /// The JWT could not be decoded, or uses a header extension we do not understand.
-    MalformedToken,
-    /// The JWT's `iss` is not a configured issuer.
-    UnknownIssuer,
-    /// The JWT's `alg` is not in its issuer's allow-list.
-    AlgorithmNotAllowed,
-    /// No key of the issuer has the JWT's `kid` (or, without a `kid`, exactly one fits).
-    UnknownSigningKey,
-    /// The key the JWT names is of another type or algorithm than its `alg`.
-    WrongKeyType,
-    /// The JWT's signature does not verify.
-    BadSignature,
-    /// The JWT's `nbf` or `iat` is in the future.
-    NotYetValid,
-    /// The JWT is for another audience.
-    WrongAudience,
-    /// The JWT's `typ` is not the issuer's `required_typ` (an ID token used as an access token).
-    WrongTokenType,
-    /// A required claim is missing or malformed (`exp`, `aud`, `iss`, the subject).
-    InvalidClaims,
-    /// The issuer's JWKS has not been fetched yet.
-    KeysUnavailable,
-}
-
-impl AuthFailure {
-    /// The metric and log label.
-    pub fn label(self) -> &'static str {
-        match self {
-            AuthFailure::Missing => "missing",
-            AuthFailure::Malformed => "malformed",
-            AuthFailure::UnknownKey => "unknown_key",
-            AuthFailure::Expired => "expired",
-            AuthFailure::Disabled => "disabled",
-            AuthFailure::UnsupportedToken => "unsupported_token",
-            AuthFailure::MalformedToken => "malformed_token",
-            AuthFailure::UnknownIssuer => "unknown_issuer",
-            AuthFailure::AlgorithmNotAllowed => "algorithm_not_allowed",
-            AuthFailure::UnknownSigningKey => "unknown_signing_key",
-            AuthFailure::WrongKeyType => "wrong_key_type",
-            AuthFailure::BadSignature => "bad_signature",
-            AuthFailure::NotYetValid => "not_yet_valid",
-            AuthFailure::WrongAudience => "wrong_audience",
-            AuthFailure::WrongTokenType => "wrong_token_type",
-            AuthFailure::InvalidClaims => "invalid_claims",
-            AuthFailure::KeysUnavailable => "keys_unavailable",
-        }
-    }
-
-    /// Whether the failure looks like a guess, and counts against `server.auth_failure_limit`.
-    /// Not: no credential, an expired or not-yet-valid one (a client's clock or refresh bug),
-    /// a key id the JWKS may not have fetched yet, keys not loaded (the gateway's own trouble).
-    pub fn is_guess(self) -> bool {
-        !matches!(
-            self,
-            AuthFailure::Missing
-                | AuthFailure::Expired
-                | AuthFailure::NotYetValid
-                | AuthFailure::UnknownSigningKey
-                | AuthFailure::KeysUnavailable
-        )
-    }
-
-    /// The RFC 6750 `error` attribute of `WWW-Authenticate`: none when nothing was sent.
-    pub fn bearer_error(self) -> Option<&'static str> {
-        match self {
-            AuthFailure::Missing => None,
-            AuthFailure::Malformed => Some("invalid_request"),
-            _ => Some("invalid_token"),
-        }
-    }
-}
-
-/// A verified caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// An API key, by index in [`Authenticator::keys`].
-    ApiKey(usize),
-    /// A JWT's claims, as verified (and possibly cached).
-    Jwt(Arc<JwtIdentity>),
-    /// A client certificate verified by the TLS handshake (mutual TLS), when no token was sent.
-    Certificate(Arc<ClientCertificate>),
+pub enum AuthMode {
+    /// A valid credential is needed (the default: deny unless configured otherwise).
+    Required,
+    /// A credential is checked when sent; anonymous requests pass.
+    Optional,
+    /// No credential is looked at.
+    None,
 }
 
 /// A route's `credentials`: which kinds of caller may satisfy it. Permissions are names anyone
@@ -189,10 +103,12 @@ pub struct Authenticator {
     pub jwt: JwtVerifier,
 }
 
-impl Default for Authenticator {
-    fn default() -> Self {
+impl Authenticator {
+    /// An authenticator that reads API keys from `api_key_headers` (and `Authorization:
+    /// Bearer`), with no keys or issuers yet and credentials stripped before forwarding.
+    pub fn reading(api_key_headers: Vec<HeaderName>) -> Self {
         Authenticator {
-            api_key_headers: vec![HeaderName::from_static(DEFAULT_API_KEY_HEADER)],
+            api_key_headers,
             forward_credentials: false,
             keys: ApiKeys::default(),
             jwt: JwtVerifier::default(),
@@ -200,17 +116,8 @@ impl Default for Authenticator {
     }
 }
 
-/// Whether `name` can be a permission: printable ASCII without `,` (the `X-Auth-Permissions`
-/// separator) or `"` (so `keys generate` can quote it in the block it prints).
-pub fn is_permission_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b',' && b != b'"')
-}
-
 /// The `X-Auth-Permissions` of a caller that holds none.
 static NO_PERMISSIONS: HeaderValue = HeaderValue::from_static("");
-
-/// `auth.api_key_headers` when unset.
-pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
 
 impl Authenticator {
     /// Applies the route's auth mode: the verified principal, `None` for an anonymous request
@@ -422,44 +329,6 @@ impl Authenticator {
     }
 }
 
-/// The identity headers of a verified request, borrowed from values rendered at load.
-pub struct Identity<'a> {
-    /// `X-Auth-Subject`.
-    pub subject: &'a HeaderValue,
-    /// `X-Auth-Method`.
-    pub method: HeaderValue,
-    /// `X-Auth-Key-Id` (API keys).
-    pub key_id: Option<&'a HeaderValue>,
-    /// `X-Auth-Issuer` (JWTs).
-    pub issuer: Option<&'a HeaderValue>,
-    /// `X-Auth-Permissions`.
-    pub permissions: &'a HeaderValue,
-    /// The `claims_to_headers` headers (JWTs).
-    pub claims: &'a [(HeaderName, HeaderValue)],
-}
-
-/// A verified caller as logs show it.
-#[derive(Debug)]
-pub struct PrincipalSummary<'a> {
-    /// `api_key`, `jwt` or `mtls`.
-    pub method: &'static str,
-    /// The API key's id.
-    pub key_id: Option<&'a str>,
-    /// The subject (raw bytes of the identity header; redact before logging).
-    pub subject: &'a [u8],
-    /// The JWT issuer's configured name.
-    pub issuer: Option<&'a str>,
-}
-
-/// A credential as presented, for the log of a failure.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Presented {
-    /// `api_key`, `jwt`, `none`, or `unknown` (unreadable).
-    pub method: &'static str,
-    /// The first 4 characters of an API key of 16 or more (printable ASCII only).
-    pub key_prefix: Option<String>,
-}
-
 /// The token of `Bearer <token>` (scheme case-insensitive, one space, no spaces in the token).
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(6)?;
@@ -488,7 +357,10 @@ mod tests {
             false,
         )
         .unwrap();
-        Authenticator { keys: ApiKeys::new(vec![key]).unwrap(), ..Authenticator::default() }
+        Authenticator {
+            keys: ApiKeys::new(vec![key]).unwrap(),
+            ..Authenticator::reading(vec![HeaderName::from_static("x-api-key")])
+        }
     }
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -16,10 +16,10 @@ use pingora_memory_cache::MemoryCache;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::jwt::{JwtIdentity, TOKEN_CACHE_MAX_TTL};
+use super::identity::JwtIdentity;
 
-/// `auth.token_cache_size` when unset.
-pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
+/// The longest a verified token stays cached when it has no `exp`, or a distant one.
+pub const TOKEN_CACHE_MAX_TTL: Duration = Duration::from_secs(300);
 
 /// The SHA-256 of a token.
 pub fn token_digest(token: &[u8]) -> [u8; 32] {
