@@ -6,10 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::GatewayError;
 use crate::pipeline::admit::Admission;
-use crate::pipeline::cors::CorsState;
-use crate::pipeline::ratelimit::Quota;
+use crate::pipeline::respond::ResponseState;
 use crate::pipeline::Runtime;
 
 /// The state of one request.
@@ -29,17 +27,6 @@ pub struct RequestCtx {
     pub upstream: UpstreamExchange,
     /// Counts this request in `portcullis_requests_in_flight` while it lives.
     _in_flight: InFlight,
-}
-
-/// The response side of a request.
-#[derive(Debug, Default)]
-pub struct ResponseState {
-    /// The refusal the gateway answered with, if any.
-    pub refusal: Option<GatewayError>,
-    /// The tightest rate-limit standing of the route's policies, once checked.
-    pub quota: Option<Quota>,
-    /// What CORS does to the response, decided once the request was routed.
-    pub cors: CorsState,
 }
 
 /// What happened between the gateway and the upstream.

@@ -30,14 +30,12 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::ctx::RequestCtx;
 use crate::error::{classify, upstream_error_kind, GatewayError};
-use crate::logs::access::AccessRecord;
 use crate::logs::exchange::{self, Exchange};
-use crate::logs::{audit, Logs};
+use crate::logs::Logs;
 use crate::metrics::METRICS;
 use crate::pipeline::admit::{self, Admission, Routing};
-use crate::pipeline::cors::{self, CorsState};
 use crate::pipeline::upstream::Targets;
-use crate::pipeline::{body, echo, forward, Runtime};
+use crate::pipeline::{body, echo, forward, respond, Runtime};
 use crate::tls::ClientCertificate;
 
 /// The shared, swappable runtime configuration: each request reads it once.
@@ -58,9 +56,6 @@ pub struct ListenerEdge {
     /// TLS listeners with `hsts`: the `Strict-Transport-Security` value.
     pub hsts: Option<HeaderValue>,
 }
-
-/// The request id of a response to a request that admission never saw.
-static NO_REQUEST_ID: HeaderValue = HeaderValue::from_static("");
 
 fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
@@ -94,35 +89,16 @@ impl Gateway {
         Ok(Routing::Request)
     }
 
-    /// Sets what every response carries: the request id, HSTS on TLS listeners that ask for
-    /// it, the CORS headers of an actual request (or the `Vary` of a preflight), the rate-limit
-    /// headers of a limited route.
-    ///
-    /// The headers are edited in the `http` map, as the forward stage does with the request's
-    /// (see [`forward::prepare_upstream_request`] for why).
+    /// Sets what every response carries ([`respond::decorate`]). The headers are edited in the
+    /// `http` map, as the forward stage does with the request's (see
+    /// [`forward::prepare_upstream_request`] for why).
     fn decorate(&self, resp: &mut ResponseHeader, tls: bool, ctx: &RequestCtx) -> Result<()> {
-        let rt = &*ctx.runtime;
         // An upstream's own reason phrase is kept (allocated only when it is not the standard one).
         let reason = resp.get_reason_phrase().filter(|r| Some(*r) != resp.status.canonical_reason()).map(str::to_owned);
         let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
         let mut parts = http::response::Parts::from(std::mem::replace(resp, empty));
-        let headers = &mut parts.headers;
-        headers.reserve(10);
-        headers.insert(rt.request_id_header.clone(), ctx.request_id().unwrap_or(&NO_REQUEST_ID).clone());
-        // Every response over TLS carries HSTS, errors included.
-        if let Some(hsts) = self.edge.hsts.as_ref().filter(|_| tls) {
-            headers.insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
-        }
-        match (&ctx.response.cors, &rt.cors) {
-            (CorsState::Actual(origin), Some(cors)) => cors.decorate(headers, origin.as_ref()),
-            (CorsState::Preflight, _) => cors::add_vary(headers, cors::preflight_vary()),
-            _ => {}
-        }
-        let policy_header = ctx.route().and_then(|r| r.ratelimit_policy.as_ref());
-        if ctx.response.quota.is_some() || policy_header.is_some() {
-            // `t=` counts from now: a slow upstream's response says how long is left after it.
-            rt.limits.decorate(headers, ctx.response.quota.as_ref(), policy_header, unix_now());
-        }
+        let hsts = self.edge.hsts.as_ref().filter(|_| tls);
+        respond::decorate(&ctx.runtime, &mut parts.headers, ctx.admission.as_ref(), &ctx.response, hsts, unix_now());
         *resp = ResponseHeader::from(parts);
         if reason.is_some() {
             resp.set_reason_phrase(reason.as_deref())?;
@@ -155,17 +131,9 @@ impl Gateway {
         }
     }
 
-    /// 308 to the https URL: the method and body are to be sent again there, not dropped.
-    async fn redirect(&self, session: &mut Session, ctx: &RequestCtx, location: HeaderValue) -> Result<()> {
-        let mut resp = ResponseHeader::build_no_case(http::StatusCode::PERMANENT_REDIRECT, Some(4))?;
-        resp.insert_header(http::header::LOCATION, location)?;
-        resp.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"))?;
-        self.answer(session, ctx, resp, None, true).await
-    }
-
     /// Answers with `error` as JSON, and records it as this request's outcome.
     async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, error: GatewayError) -> Result<()> {
-        let request_id = ctx.request_id().unwrap_or(&NO_REQUEST_ID);
+        let request_id = respond::request_id(ctx.admission.as_ref());
         let (resp, body) = error.to_response(&ctx.runtime.request_id_header, request_id)?;
         ctx.response.refusal = Some(error);
         // An unread request body would have to be drained before the connection can be reused:
@@ -187,7 +155,7 @@ impl Gateway {
             return self.refuse(session, ctx, e).await;
         }
         let body = echo::describe(&upstream_request, ctx.body_bytes);
-        let request_id = ctx.request_id().unwrap_or(&NO_REQUEST_ID);
+        let request_id = respond::request_id(ctx.admission.as_ref());
         let resp =
             crate::error::json_response(http::StatusCode::OK, body.len(), &ctx.runtime.request_id_header, request_id)?;
         self.answer(session, ctx, resp, Some(body), false).await
@@ -198,18 +166,10 @@ impl Gateway {
         ctx: &RequestCtx,
         upstream_request: &mut RequestHeader,
     ) -> Result<(), GatewayError> {
-        let rt = &*ctx.runtime;
         let admission = ctx.admission.as_ref().ok_or(GatewayError::Internal)?;
-        let fwd = forward::Forwarding {
-            peer: admission.peer,
-            scheme: if is_tls(session) { "https" } else { "http" },
-            host: admission.host.as_ref().ok_or(GatewayError::Internal)?,
-            canonical_path: admission.canonical_path.as_deref(),
-            request_id: (&rt.request_id_header, &admission.request_id),
-            identity: admission.principal.as_ref().map(|p| rt.auth.identity(p)),
-            strip_credentials: (!rt.auth.forward_credentials).then_some(&rt.auth.api_key_headers[..]),
-        };
-        forward::prepare_upstream_request(upstream_request, &rt.trusted_proxies, &fwd)
+        let scheme = if is_tls(session) { "https" } else { "http" };
+        let fwd = forward::Forwarding::of(&ctx.runtime, admission, scheme)?;
+        forward::prepare_upstream_request(upstream_request, &ctx.runtime.trusted_proxies, &fwd)
     }
 }
 
@@ -229,11 +189,7 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         match self.admit(session, ctx).await {
             Ok(Routing::Request) => {}
-            Ok(Routing::Redirect(location)) => {
-                self.redirect(session, ctx, location).await?;
-                return Ok(true);
-            }
-            Ok(Routing::Preflight { answer, .. }) => {
+            Ok(Routing::Redirect(answer) | Routing::Preflight { answer, .. }) => {
                 self.answer(session, ctx, *answer, None, true).await?;
                 return Ok(true);
             }
@@ -364,30 +320,12 @@ impl ProxyHttp for Gateway {
             protocol: if session.is_http2() { "HTTP/2" } else { "HTTP/1.1" },
             error,
         };
-        exchange::record_metrics(&exchange);
-        if let Some(access) = &self.logs.access {
-            access.write(&AccessRecord::new(&exchange));
-        }
-        if let Some(sink) = &self.logs.audit {
-            audit::record(&exchange, sink);
-        }
+        self.logs.record(&exchange);
     }
 
-    /// What Pingora's own error log lines say about a request: no query values, no headers but
-    /// the host, redacted.
+    /// What Pingora's own error log lines say about a request.
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
-        let req = session.req_header();
-        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        let admission = ctx.admission.as_ref();
-        let host = admission.and_then(|a| a.host.as_ref()).map_or(&b""[..], |h| h.as_bytes());
-        let request_id = admission.and_then(|a| a.request_id.to_str().ok()).unwrap_or("");
-        format!(
-            "{} {}, host: {}, request id: {}",
-            crate::metrics::method_label(&req.method),
-            crate::redact::redact_target(target),
-            crate::redact::redact_value(&String::from_utf8_lossy(host)),
-            crate::redact::redact(request_id)
-        )
+        exchange::summary(session.req_header(), ctx.admission.as_ref())
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
@@ -402,7 +340,7 @@ impl ProxyHttp for Gateway {
         if session.response_written().is_none() {
             // The request may be half-read (a body cut off at the limit): never reuse.
             session.set_keepalive(None);
-            let request_id = ctx.request_id().unwrap_or(&NO_REQUEST_ID);
+            let request_id = respond::request_id(ctx.admission.as_ref());
             let response = refusal.to_response(&ctx.runtime.request_id_header, request_id);
             ctx.response.refusal = Some(refusal);
             let written = async {

@@ -107,3 +107,18 @@ pub fn record_metrics(x: &Exchange<'_>) {
         _ => {}
     }
 }
+
+/// What Pingora's own error log lines say about a request: no query values, no headers but
+/// the host, redacted.
+pub fn summary(req: &RequestHeader, admission: Option<&Admission>) -> String {
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let host = admission.and_then(|a| a.host.as_ref()).map_or(&b""[..], |h| h.as_bytes());
+    let request_id = admission.and_then(|a| a.request_id.to_str().ok()).unwrap_or("");
+    format!(
+        "{} {}, host: {}, request id: {}",
+        crate::metrics::method_label(&req.method),
+        crate::redact::redact_target(target),
+        crate::redact::redact_value(&String::from_utf8_lossy(host)),
+        crate::redact::redact(request_id)
+    )
+}

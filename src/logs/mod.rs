@@ -18,6 +18,7 @@ pub mod sink;
 
 use std::time::Duration;
 
+use exchange::Exchange;
 use sink::LogSink;
 
 /// The access and audit logs of a running gateway.
@@ -30,6 +31,17 @@ pub struct Logs {
 }
 
 impl Logs {
+    /// Records a finished request: its metrics, its access line and its audit events.
+    pub fn record(&self, x: &Exchange<'_>) {
+        exchange::record_metrics(x);
+        if let Some(access) = &self.access {
+            access.write(&access::AccessRecord::new(x));
+        }
+        if let Some(sink) = &self.audit {
+            audit::record(x, sink);
+        }
+    }
+
     /// Waits, at most `timeout` for each, until both logs have written what was queued.
     pub fn flush(&self, timeout: Duration) {
         for sink in [&self.access, &self.audit].into_iter().flatten() {

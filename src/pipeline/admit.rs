@@ -84,8 +84,9 @@ pub enum Routing {
         /// The method the preflight asked about.
         asked: Method,
     },
-    /// A plain request on a `redirect_https` listener: 308 to this URL.
-    Redirect(HeaderValue),
+    /// A plain request on a `redirect_https` listener: this 308 to the https URL (the method
+    /// and body are to be sent again there, not dropped).
+    Redirect(Box<ResponseHeader>),
 }
 
 /// Step 1: host, redirect, path, route, preflight, declared body length.
@@ -100,7 +101,14 @@ pub fn route(
     let host = rt.hosts.check(req)?;
     admission.host = Some(host.authority);
     if let Some(port) = redirect_to {
-        return Ok(Routing::Redirect(https_location(host.name.as_str(), port, req)?));
+        let location = https_location(host.name.as_str(), port, req)?;
+        let redirect = || {
+            let mut resp = ResponseHeader::build_no_case(http::StatusCode::PERMANENT_REDIRECT, Some(4))?;
+            resp.insert_header(http::header::LOCATION, location)?;
+            resp.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"))?;
+            Ok::<_, Box<pingora::Error>>(Box::new(resp))
+        };
+        return redirect().map(Routing::Redirect).map_err(|_| GatewayError::Internal);
     }
     let matched = match_route(&rt.routes, rt.cors.as_ref(), host.name.as_str(), req)?;
     if let Cow::Owned(p) = matched.canonical {
@@ -411,7 +419,10 @@ rate_limits = ["two-per-client"]
         let mut admission = Admission::arrive(&rt, &request("GET", "/models?a=1", &[]), "192.0.2.7".parse().unwrap());
         let req = request("GET", "/models?a=1", &[("Host", "localhost")]);
         match super::route(&rt, &req, Some(8443), &mut admission) {
-            Ok(Routing::Redirect(location)) => assert_eq!(location, "https://localhost:8443/models?a=1"),
+            Ok(Routing::Redirect(resp)) => {
+                assert_eq!(resp.status, 308);
+                assert_eq!(resp.headers["location"], "https://localhost:8443/models?a=1");
+            }
             other => panic!("{other:?}"),
         }
     }

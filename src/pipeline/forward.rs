@@ -30,9 +30,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use pingora::http::RequestHeader;
 
 use crate::error::GatewayError;
+use crate::pipeline::admit::Admission;
 use crate::pipeline::auth::Identity;
 use crate::pipeline::client::{canonical, TrustedProxies};
 use crate::pipeline::host::parse_authority;
+use crate::pipeline::Runtime;
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -134,6 +136,21 @@ pub struct Forwarding<'a> {
     /// `Some(api_key_headers)`: remove `Authorization` and these (credentials are not
     /// forwarded); `None`: forward them.
     pub strip_credentials: Option<&'a [HeaderName]>,
+}
+
+impl<'a> Forwarding<'a> {
+    /// What an admitted request forwards, for a client that reached the gateway over `scheme`.
+    pub fn of(rt: &'a Runtime, admission: &'a Admission, scheme: &'static str) -> Result<Self, GatewayError> {
+        Ok(Forwarding {
+            peer: admission.peer,
+            scheme,
+            host: admission.host.as_ref().ok_or(GatewayError::Internal)?,
+            canonical_path: admission.canonical_path.as_deref(),
+            request_id: (&rt.request_id_header, &admission.request_id),
+            identity: admission.principal.as_ref().map(|p| rt.auth.identity(p)),
+            strip_credentials: (!rt.auth.forward_credentials).then_some(&rt.auth.api_key_headers[..]),
+        })
+    }
 }
 
 /// Rewrites `req` (a copy of the client's request) into what the upstream receives.

@@ -30,6 +30,7 @@ pub mod host;
 pub mod path;
 pub mod ratelimit;
 pub mod request_id;
+pub mod respond;
 pub mod route;
 pub mod upstream;
 
