@@ -10,10 +10,10 @@
 //! The registry is process-wide: a configuration reload keeps the counts.
 
 use http::Method;
-use once_cell::sync::Lazy;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::LazyLock;
 
 /// Latency buckets in seconds: 0.5 ms (a locally answered request) to 30 s (a slow upstream).
 const LATENCY_BUCKETS: [f64; 15] =
@@ -61,7 +61,7 @@ pub struct Metrics {
 }
 
 /// The process-wide metrics.
-pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 #[allow(clippy::expect_used)] // constant names and labels: valid by construction, covered by tests
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -253,7 +253,7 @@ pub fn method_label(method: &Method) -> &'static str {
 }
 
 /// "100" to "599", rendered once.
-static STATUS_LABELS: Lazy<Vec<String>> = Lazy::new(|| (100..600u16).map(|c| c.to_string()).collect());
+static STATUS_LABELS: LazyLock<Vec<String>> = LazyLock::new(|| (100..600u16).map(|c| c.to_string()).collect());
 
 /// The status code as a label, without formatting on the request path.
 fn status_label(status: u16) -> &'static str {

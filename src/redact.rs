@@ -27,8 +27,8 @@
 
 use std::borrow::Cow;
 
-use once_cell::sync::Lazy;
 use regex::bytes::Regex;
+use std::sync::LazyLock;
 
 /// What replaces a redacted value.
 pub const REDACTED: &str = "[REDACTED]";
@@ -72,15 +72,15 @@ fn compile(pattern: &str) -> Regex {
 
 /// Every rule, in priority order: the one search each text gets (no captures, so the regex
 /// engine stays on its fast DFA path).
-static ANY_SECRET: Lazy<Regex> = Lazy::new(|| {
+static ANY_SECRET: LazyLock<Regex> = LazyLock::new(|| {
     let rules = [CREDENTIAL_HEADER, SCHEME, JWT, API_KEY, EMAIL, &secret_pair(), RUN];
     compile(&rules.map(|r| format!("(?:{r})")).join("|"))
 });
 
 /// The rules whose matches keep a prefix (name or scheme, and separator), anchored to split a
 /// match found by [`ANY_SECRET`]: capture group 1 is the separator.
-static KEEP_PREFIX: Lazy<[Regex; 3]> =
-    Lazy::new(|| [CREDENTIAL_HEADER, SCHEME, &secret_pair()].map(|r| compile(&format!("^(?:{r})$"))));
+static KEEP_PREFIX: LazyLock<[Regex; 3]> =
+    LazyLock::new(|| [CREDENTIAL_HEADER, SCHEME, &secret_pair()].map(|r| compile(&format!("^(?:{r})$"))));
 
 /// `8-4-4-4-12` hex digits: a request id, kept.
 fn is_uuid(s: &[u8]) -> bool {

@@ -15,24 +15,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|_| format!("\"{text}\" is not a duration"))
 }
 
-/// Parses a size such as `"512"`, `"16KiB"`, `"10MiB"`, `"1GiB"` or `"10MB"` into bytes.
+/// Parses a size such as `"512"`, `"16KiB"`, `"10MiB"`, `"1GiB"` or `"10MB"` into bytes (the
+/// `parse-size` crate: binary units for `KiB`/`MiB`/`GiB`, decimal for `kB`/`MB`/`GB`).
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let bad = || format!("\"{text}\" is not a size");
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let multiplier: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "kB" | "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => return Err(bad()),
-    };
-    number.checked_mul(multiplier).ok_or_else(bad)
+    parse_size::parse_size(text.trim()).map_err(|_| format!("\"{}\" is not a size", text.trim()))
 }
 
 /// A positive duration at `key`, or `default` when unset (a problem when zero or unreadable).

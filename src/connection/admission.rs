@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use once_cell::sync::Lazy;
 use pingora::protocols::SocketDigest;
+use std::sync::LazyLock;
 use tokio::sync::Notify;
 
 use super::rejection::Rejection;
@@ -28,7 +28,7 @@ pub struct OpenConnections {
 }
 
 /// The process-wide counts: connections of every listener share the limits.
-pub static OPEN: Lazy<OpenConnections> = Lazy::new(OpenConnections::new);
+pub static OPEN: LazyLock<OpenConnections> = LazyLock::new(OpenConnections::new);
 
 impl OpenConnections {
     pub(super) fn new() -> Self {

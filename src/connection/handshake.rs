@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use once_cell::sync::Lazy;
 use pingora::protocols::{GetSocketDigest, UniqueID, UniqueIDType};
+use std::sync::LazyLock;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::admission::{client_of, Admitted, OpenConnections, OPEN};
@@ -26,7 +26,8 @@ pub(super) fn lock(handshakes: &Handshakes) -> std::sync::MutexGuard<'_, HashMap
 /// fail: the next connection given the same descriptor replaces it, and
 /// [`OpenConnections::reap_handshakes`] drops it once its descriptor is no longer the client's
 /// socket.
-pub(super) static HANDSHAKING: Lazy<Mutex<HashMap<UniqueIDType, Handshake>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+pub(super) static HANDSHAKING: LazyLock<Mutex<HashMap<UniqueIDType, Handshake>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// One connection in its TLS handshake.
 pub(super) struct Handshake {

@@ -213,7 +213,7 @@ mod tests {
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
-    use once_cell::sync::Lazy;
+    use std::sync::LazyLock;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -280,7 +280,7 @@ mod tests {
     fn handshakes_are_forgotten_once_over_and_shut_down_once_late() {
         use std::io::Read;
         use std::os::fd::AsRawFd;
-        static COUNTS: Lazy<OpenConnections> = Lazy::new(OpenConnections::new);
+        static COUNTS: LazyLock<OpenConnections> = LazyLock::new(OpenConnections::new);
         let limits = limits(10, 10);
         let handshakes: Handshakes = Mutex::new(HashMap::new());
         let add = |server: &std::net::TcpStream, peer, deadline| {
@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn limits_are_counted_and_released() {
-        static COUNTS: Lazy<OpenConnections> = Lazy::new(OpenConnections::new);
+        static COUNTS: LazyLock<OpenConnections> = LazyLock::new(OpenConnections::new);
         let limits = limits(3, 2);
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         let first = COUNTS.admit(Some(a), &limits).unwrap();

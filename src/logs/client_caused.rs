@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use once_cell::sync::Lazy;
+use std::sync::LazyLock;
 use tracing::{Event, Metadata};
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::layer::{Context, Filter};
@@ -21,7 +21,7 @@ use crate::metrics::METRICS;
 const TARGETS: &[&str] = &["pingora_core::services::listening"];
 
 /// When the clock of [`WRITTEN`] starts.
-static START: Lazy<Instant> = Lazy::new(Instant::now);
+static START: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// The client-caused lines written.
 static WRITTEN: OnePerSecond = OnePerSecond { last: AtomicU64::new(0) };

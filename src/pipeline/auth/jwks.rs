@@ -23,10 +23,10 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use once_cell::sync::Lazy;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Deserialize;
+use std::sync::LazyLock;
 use tokio::sync::{watch, Notify};
 
 use crate::metrics::METRICS;
@@ -103,7 +103,7 @@ fn verify_key(jwk: &Jwk) -> Option<VerifyKey> {
     Some(VerifyKey { kid: common.key_id.as_deref().map(Into::into), alg, key })
 }
 
-static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// Milliseconds since the process started; never 0, which means "never".
 fn now_ms() -> u64 {
