@@ -491,8 +491,23 @@ fn each_bad_config_is_refused_naming_its_key() {
         ),
         ("[server\nx = 1".to_string(), "", "TOML"),
     ];
-    for (text, key, problem) in cases {
-        let (code, out, err) = check(&text);
+    // In-process: the binary's `check` prints exactly these errors (see below), so each rule is
+    // tested without starting a process.
+    for (text, key, problem) in &cases {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, text).unwrap();
+        let Err(errors) = portcullis::config::load(&file) else { panic!("expected refusal for key {key}") };
+        let err = errors.to_string();
+        assert!(err.contains("gateway.toml: "), "the error names the file: {err}");
+        assert!(err.contains(&format!(": {key}")), "expected key {key:?} in: {err}");
+        assert!(err.to_lowercase().contains(&problem.to_lowercase()), "expected {problem:?} in: {err}");
+    }
+    // The binary: exit 78, the same lines on stderr, nothing on stdout; for a file that is not
+    // TOML, one whose shape is wrong, and one whose values are.
+    for i in [cases.len() - 1, 0, 2] {
+        let (text, key, problem) = &cases[i];
+        let (code, out, err) = check(text);
         assert_eq!(code, 78, "expected refusal for key {key}, got stdout {out}");
         assert!(err.contains("gateway.toml: "), "the error names the file: {err}");
         assert!(err.contains(&format!(": {key}")), "expected key {key:?} in: {err}");

@@ -11,13 +11,13 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{assert_error, free_addr, read_response, send, wait_listening, Gateway, Upstream};
+use common::{assert_error, read_response, reserve_addr, send, wait_listening, Gateway, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn start(server: &str, listener: &str) -> (Gateway, Upstream, SocketAddr) {
     let upstream = Upstream::start("api").await;
-    let admin = free_addr();
+    let admin = reserve_addr();
     let config = format!(
         r#"
 [server]
@@ -205,7 +205,7 @@ async fn start_tls(server: &str) -> (Gateway, Upstream, SocketAddr, tempfile::Te
     let ca = certs::Ca::new("Test CA");
     std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
     let (cert, key) = ca.server(&["localhost"]).write(dir.path(), "site");
-    let admin = free_addr();
+    let admin = reserve_addr();
     let addr = upstream.addr;
     let gw = Gateway::start_from(|listen| {
         format!(

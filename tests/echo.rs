@@ -8,8 +8,13 @@ use common::{assert_error, raw, repo_root, Gateway};
 
 async fn default_gateway() -> Gateway {
     let text = std::fs::read_to_string(repo_root().join("conf/gateway.toml")).unwrap();
-    assert!(text.contains("address = \"127.0.0.1:8080\""));
-    Gateway::start_from(|addr| text.replace("127.0.0.1:8080", &addr.to_string())).await
+    assert!(text.contains("address = \"127.0.0.1:8080\"") && text.contains("address = \"127.0.0.1:9100\""));
+    // The shipped admin port is not the test's to take: another gateway may hold it.
+    let admin = common::reserve_addr();
+    Gateway::start_from(|addr| {
+        text.replace("127.0.0.1:8080", &addr.to_string()).replace("127.0.0.1:9100", &admin.to_string())
+    })
+    .await
 }
 
 #[tokio::test]

@@ -556,7 +556,7 @@ async fn the_gateway_starts_while_the_idp_is_down_and_uses_it_once_up() {
 #[tokio::test]
 async fn a_closed_idp_port_fails_fast() {
     let upstream = Upstream::start("api").await;
-    let closed = common::free_addr();
+    let (_closed, closed) = common::refusing_port();
     let gw = remote(&format!("http://{closed}/jwks.json"), &upstream, "jwks_fetch_timeout = \"1s\"").await;
     let k1 = SigningKey::generate(Algorithm::ES256, "k1");
     let started = Instant::now();
@@ -600,7 +600,7 @@ async fn jwks_fetches_are_counted_by_result() {
     let k2 = SigningKey::generate(Algorithm::RS256, "k2");
     let idp = Idp::start(Jwks::Serve(jwks(&[&k1]))).await;
     let upstream = Upstream::start("api").await;
-    let admin = common::free_addr();
+    let admin = common::reserve_addr();
     let timing =
         format!("jwks_min_refresh_interval = \"1s\"\njwks_refresh_interval = \"1h\"\n[admin]\naddress = \"{admin}\"");
     let gw = remote(&idp.url(), &upstream, &timing).await;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
-use common::{assert_error, free_addr, refusing_port, send, wait_listening, Gateway, RawResponse, Upstream};
+use common::{assert_error, refusing_port, reserve_addr, send, wait_listening, Gateway, RawResponse, Upstream};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -158,7 +158,7 @@ struct Observed {
 async fn observed() -> Observed {
     let upstream = Upstream::start("api").await;
     let logs = tempfile::tempdir().unwrap();
-    let admin = free_addr();
+    let admin = reserve_addr();
     let (dead_socket, dead) = refusing_port();
     let gw = observed_gateway(logs.path(), admin, &upstream, dead).await;
     Observed { gw, admin, upstream, logs, _dead: dead_socket }
@@ -559,7 +559,7 @@ async fn readiness_follows_upstream_health_checks() {
     let live = Upstream::start("live").await;
     let (_dead_socket, dead) = refusing_port();
     let (revived_socket, revived) = refusing_port();
-    let admin = free_addr();
+    let admin = reserve_addr();
     let check = r#"health_check = { path = "/health", interval = "100ms", timeout = "500ms", healthy_threshold = 1, unhealthy_threshold = 1 }"#;
     let gw = Gateway::start(&format!(
         r#"
@@ -637,7 +637,7 @@ auth = "none"
 
 #[tokio::test]
 async fn a_full_disk_drops_log_lines_and_never_stalls_requests() {
-    let admin = free_addr();
+    let admin = reserve_addr();
     let gw = Gateway::start(&format!(
         r#"
 [server]
@@ -679,7 +679,7 @@ auth = "none"
 async fn http2_streams_share_a_connection_and_a_client_that_leaves_is_499() {
     let upstream = Upstream::start("api").await;
     let logs = tempfile::tempdir().unwrap();
-    let admin = free_addr();
+    let admin = reserve_addr();
     let access = logs.path().join("access.jsonl");
     let gw = Gateway::start_with(
         &format!(

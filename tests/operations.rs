@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{free_addr, send, wait_listening, Gateway, Upstream};
+use common::{reserve_addr, send, wait_listening, Gateway, Upstream};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -126,7 +126,7 @@ async fn start(keys: &str, server: &str) -> Setup {
     let upstream = Upstream::start("api").await;
     let logs = tempfile::tempdir().unwrap();
     let audit = logs.path().join("audit.jsonl");
-    let admin = free_addr();
+    let admin = reserve_addr();
     let (u, a) = (upstream.addr, audit.clone());
     let gw = Gateway::start_from(|listen| config(listen, admin, &a, u, keys, server)).await;
     wait_listening(admin).await;
@@ -336,7 +336,8 @@ async fn the_health_command_probes_the_admin_listener() {
     let missing = probe(format!("http://{}/nope", s.admin));
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
-    let closed = probe(format!("http://{}/healthz", free_addr()));
+    let (_closed, closed) = common::refusing_port();
+    let closed = probe(format!("http://{closed}/healthz"));
     assert_eq!(closed.status.code(), Some(1));
 }
 

@@ -336,7 +336,7 @@ async fn http2_is_negotiated_and_serves() {
 #[tokio::test]
 async fn hsts_on_every_tls_response_and_the_redirect_from_plain_http() {
     let upstream = Upstream::start("api").await;
-    let plain = common::free_addr();
+    let plain = common::reserve_addr();
     let extra = format!("[[listener]]\naddress = \"{plain}\"\nredirect_https = true\n");
     let s =
         start(&upstream, &[("site", &["localhost"])], "hsts = \"max-age=63072000; includeSubDomains\"", &extra).await;

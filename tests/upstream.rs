@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_error, free_addr, get_with_host, Gateway, Upstream};
+use common::{assert_error, get_with_host, refusing_port, Gateway, Upstream};
 
 fn config(targets: &[String], read_timeout: &str) -> String {
     let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
@@ -42,7 +42,7 @@ async fn round_robin_spreads_requests() {
 #[tokio::test]
 async fn a_dead_target_is_skipped() {
     let a = Upstream::start("a").await;
-    let dead = free_addr();
+    let (_dead, dead) = refusing_port();
     let gw = Gateway::start(&config(&[dead.to_string(), a.addr.to_string()], "5s")).await;
     for _ in 0..6 {
         let resp = get_with_host(gw.addr, "/x", "localhost").await;
@@ -53,7 +53,7 @@ async fn a_dead_target_is_skipped() {
 
 #[tokio::test]
 async fn no_live_target_is_502_without_internals() {
-    let dead = free_addr();
+    let (_dead, dead) = refusing_port();
     let gw = Gateway::start(&config(&[dead.to_string()], "5s")).await;
     let resp = get_with_host(gw.addr, "/x", "localhost").await;
     assert_error(&resp, 502, "UPSTREAM_UNAVAILABLE");

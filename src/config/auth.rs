@@ -19,7 +19,7 @@ use crate::pipeline::auth::jwt::{parse_algorithm, Issuer, IssuerSettings, JwtVer
 use crate::pipeline::auth::keys::{KeySet, VerifyKey};
 use crate::pipeline::auth::token_cache::TokenCache;
 use crate::pipeline::auth::Authenticator;
-use crate::pipeline::forward::IDENTITY_HEADER_PREFIX;
+use crate::pipeline::forward::{IDENTITY_HEADERS, IDENTITY_HEADER_PREFIX};
 
 /// `auth.api_key_headers` when unset.
 pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
@@ -45,10 +45,6 @@ pub const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// The shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size).
 pub const MIN_SECRET_LEN: usize = 32;
-
-/// The identity headers the gateway sets itself; `claims_to_headers` may not name them.
-const IDENTITY_HEADERS: [&str; 5] =
-    ["x-auth-subject", "x-auth-method", "x-auth-key-id", "x-auth-issuer", "x-auth-permissions"];
 
 pub(super) fn build(section: Option<&AuthSection>, p: &mut Problems<'_>) -> Authenticator {
     let mut auth = Authenticator::reading(vec![HeaderName::from_static(DEFAULT_API_KEY_HEADER)]);

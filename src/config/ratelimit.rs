@@ -7,25 +7,17 @@ use http::HeaderName;
 
 use super::file::RateLimitSection;
 use super::sources::Problems;
+use crate::pipeline::forward;
 use crate::pipeline::ratelimit::{LimitKey, Policy, PolicyId, Rate, AUTH_FAILURES_NAME};
 
 /// `server.auth_failure_limit` when unset: failed authentications per client address.
 pub const DEFAULT_AUTH_FAILURE_LIMIT: Rate = Rate { count: 30, period: 60 };
 
-/// Headers a client writes freely and that name a client otherwise: counting by them would let
-/// a client pick a fresh budget per request.
-/// (Also every `X-Forwarded-*` and `X-Auth-*` name, the API-key headers and the request id
-/// header.)
-const FORGEABLE_KEY_HEADERS: [&str; 8] = [
-    "forwarded",
-    "x-real-ip",
-    "true-client-ip",
-    "x-client-ip",
-    "x-cluster-client-ip",
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-];
+/// Headers a client writes freely that name a client otherwise, besides those the gateway owns
+/// ([`forward::owned_by_gateway`], which takes `X-Forwarded-*`, `X-Real-IP` and the like): counting
+/// by them would let a client pick a fresh budget per request. (Also the API-key headers and
+/// the request id header.)
+const FORGEABLE_KEY_HEADERS: [&str; 2] = ["authorization", "cookie"];
 
 /// The longest policy name: it travels in every `RateLimit` header.
 const MAX_POLICY_NAME_LEN: usize = 64;
@@ -79,8 +71,7 @@ pub(super) fn build_policies(
         let limit_key = match limit_key {
             Some(LimitKey::Header(h))
                 if FORGEABLE_KEY_HEADERS.contains(&h.as_str())
-                    || h.as_str().starts_with("x-forwarded-")
-                    || h.as_str().starts_with(crate::pipeline::forward::IDENTITY_HEADER_PREFIX)
+                    || forward::owned_by_gateway(h.as_str())
                     || reserved_headers.contains(&h) =>
             {
                 p.push(

@@ -14,6 +14,7 @@ use super::sources::Problems;
 use super::units::{duration, parse_duration, parse_size};
 use crate::logs::sink::Destination;
 use crate::pipeline::client::TrustedProxies;
+use crate::pipeline::forward;
 use crate::pipeline::host::{HostAllowList, HostPattern};
 
 /// `server.max_body_size` when unset: large enough for API payloads, small enough to refuse
@@ -66,23 +67,9 @@ pub const DEFAULT_UPGRADE_SOCKET: &str = "/tmp/portcullis-upgrade.sock";
 /// `admin.address` when `[admin]` is present without one: loopback only.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9100";
 
-/// Header names `server.request_id_header` may not take (besides `X-Auth-*` and `X-Forwarded-*`).
-const RESERVED_REQUEST_ID_HEADERS: [&str; 14] = [
-    "host",
-    "forwarded",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "authorization",
-    "cookie",
-    "x-api-key",
-    "proxy-authorization",
-    "content-type",
-];
+/// Header names `server.request_id_header` may not take besides those the gateway owns
+/// ([`forward::owned_by_gateway`]): credentials, and the body's type.
+const RESERVED_REQUEST_ID_HEADERS: [&str; 4] = ["authorization", "cookie", "x-api-key", "content-type"];
 
 /// Where the gateway runs: production refuses unsafe settings (see `config/production.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,9 +222,7 @@ fn build_request_id_header(name: Option<&str>, p: &mut Problems<'_>) -> HeaderNa
     };
     // The request id is set on the upstream request after the headers the gateway controls:
     // naming one of those would let a client choose its value (`Host`, `X-Forwarded-For`, ...).
-    let reserved = header.as_str().starts_with(crate::pipeline::forward::IDENTITY_HEADER_PREFIX)
-        || header.as_str().starts_with("x-forwarded-")
-        || RESERVED_REQUEST_ID_HEADERS.contains(&header.as_str());
+    let reserved = forward::owned_by_gateway(header.as_str()) || RESERVED_REQUEST_ID_HEADERS.contains(&header.as_str());
     if reserved {
         p.push(
             "server.request_id_header",

@@ -512,12 +512,33 @@ pub fn fate(name: &HeaderName) -> Option<&'static str> {
     })
 }
 
+/// The identity headers the gateway sets from a verified caller.
+pub const IDENTITY_HEADERS: [&str; 5] =
+    ["x-auth-subject", "x-auth-method", "x-auth-key-id", "x-auth-issuer", "x-auth-permissions"];
+
+/// Whether the gateway owns the header `name` (lower case) on the upstream request: sets it
+/// itself (identity, forwarding, `Host`, body framing), or removes it from clients (hop-by-hop,
+/// routing overrides, forwarded aliases, client certificates, client-address assertions). The
+/// one list configuration validation asks, so that no configured header (the request id, a
+/// rate-limit key) can be one a client forges or the gateway overwrites.
+pub fn owned_by_gateway(name: &str) -> bool {
+    name == "host"
+        || name == "content-length"
+        || name == "transfer-encoding"
+        || name.starts_with("x-forwarded-")
+        || PROXY_ASSERTIONS.contains(&name)
+        || is_reserved_name(name, true)
+}
+
 /// What only the gateway (or a trusted proxy) may say, and what describes one connection:
 /// hop-by-hop headers, identity headers, underscore spellings, routing overrides, other
 /// spellings of the forwarded scheme and host, client certificates, and, from untrusted peers,
 /// client-address assertions.
 fn is_reserved(name: &HeaderName, trusted: bool) -> bool {
-    let name = name.as_str();
+    is_reserved_name(name.as_str(), trusted)
+}
+
+fn is_reserved_name(name: &str, trusted: bool) -> bool {
     HOP_BY_HOP.contains(&name)
         || name.starts_with(IDENTITY_HEADER_PREFIX)
         || name.contains('_')

@@ -27,6 +27,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The longest a command of the binary that should end may take.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -52,9 +55,9 @@ impl Gateway {
     /// Starts the gateway with the config `make(listen_address)` returns.
     pub async fn start_from(make: impl Fn(SocketAddr) -> String) -> Gateway {
         let mut last_error = String::new();
-        // A free port can be taken by someone else between our probe and the gateway's bind: retry.
+        // A port of this process's block may still be taken by another program: retry.
         for _ in 0..3 {
-            let addr = free_addr();
+            let addr = reserve_addr();
             let dir = tempfile::tempdir().unwrap();
             let text = make(addr);
             let file = dir.path().join("gateway.toml");
@@ -84,7 +87,8 @@ impl Gateway {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Err(format!("exited with {status}: {}", self.stderr()));
             }
-            if TcpStream::connect(self.addr).await.is_ok() {
+            // The gateway itself listens there (not whatever else may), and accepts.
+            if listens_on(self.child.id(), self.addr) && TcpStream::connect(self.addr).await.is_ok() {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -139,6 +143,51 @@ impl Drop for Gateway {
     }
 }
 
+/// A loopback address for a listener of a test (the gateway's, its admin listener, a secondary
+/// one): a port below the kernel's ephemeral range (32768 and up on Linux), so no outgoing
+/// connection (the gateway's to its upstreams, a client's) can be given it between now and the
+/// bind; each handed out once in this process, from a block of ports chosen by the process id,
+/// so test binaries that run at once keep apart; and free when handed out.
+pub fn reserve_addr() -> SocketAddr {
+    use std::sync::atomic::AtomicU32;
+    const FIRST: u32 = 10_000;
+    const BLOCK: u32 = 2_000;
+    const BLOCKS: u32 = 11;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let block = FIRST + (std::process::id() % BLOCKS) * BLOCK;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % BLOCK;
+        let addr = SocketAddr::from(([127, 0, 0, 1], u16::try_from(block + offset).unwrap()));
+        // Taken by something else on this machine: the next one.
+        if StdListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+}
+
+/// Whether the process `pid` holds a socket listening on `addr`: /proc/net/tcp names the
+/// listening socket's inode, and the process's descriptors name the sockets it holds.
+fn listens_on(pid: u32, addr: SocketAddr) -> bool {
+    let SocketAddr::V4(v4) = addr else { return false };
+    let local = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    // sl local_address rem_address st ... inode: state 0A is LISTEN.
+    let inodes: Vec<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let listening = fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A");
+            fields.get(9).filter(|_| listening).map(|inode| inode.to_string())
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|inode| target.to_string_lossy() == format!("socket:[{inode}]")))
+    })
+}
+
 /// A loopback port that refuses connections and that nobody else can take: bound, not
 /// listening, for as long as the socket lives (`listen` on it later to bring it up).
 pub fn refusing_port() -> (tokio::net::TcpSocket, SocketAddr) {
@@ -170,11 +219,6 @@ pub fn wait_json_lines(path: &Path, n: usize) -> Vec<Value> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A loopback address with a port that was free a moment ago.
-pub fn free_addr() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// A real upstream HTTP server answering with what it received.
@@ -405,11 +449,21 @@ pub fn assert_parser_refusal(resp: &RawResponse) {
 /// Runs `portcullis` with `args` and returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], cwd: Option<&Path>) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
-    cmd.args(args);
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    let out = cmd.output().unwrap();
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    // A command that should end (check, explain, keys) and does not, `run` on a config it should
+    // refuse say, fails the test instead of hanging it.
+    let (done, out) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    let Ok(out) = out.recv_timeout(CLI_TIMEOUT) else {
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        panic!("portcullis {args:?} did not finish within {CLI_TIMEOUT:?}");
+    };
+    let out = out.unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),
