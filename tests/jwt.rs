@@ -159,6 +159,11 @@ struct Static {
 }
 
 async fn static_issuers() -> Static {
+    static_issuers_logging("warn").await
+}
+
+/// [`static_issuers`], with the gateway's log at `level`.
+async fn static_issuers_logging(level: &str) -> Static {
     let upstream = Upstream::start("api").await;
     let rsa = SigningKey::generate(Algorithm::RS256, "rsa-1");
     let ps = SigningKey::generate(Algorithm::PS384, "ps-1");
@@ -225,7 +230,7 @@ leeway = "0s"
         set = set.display(),
         secret = secret.display(),
     );
-    Static { gw: Gateway::start(&config).await, upstream, rsa, ps, es256, es384, ed, _dir: dir }
+    Static { gw: Gateway::start_logging(&config, level).await, upstream, rsa, ps, es256, es384, ed, _dir: dir }
 }
 
 fn hs256(claims: &Value) -> String {
@@ -307,7 +312,8 @@ async fn forged_identity_headers_are_replaced() {
 
 #[tokio::test]
 async fn every_token_attack_is_refused_before_the_upstream() {
-    let s = static_issuers().await;
+    // Logging everything it logs, so that "the log never holds a token" is a check of the log.
+    let s = static_issuers_logging("debug").await;
     let rsa_iss = "https://rsa.idp.test/";
     let good = claims(rsa_iss, "registry");
     let attacker = SigningKey::generate(Algorithm::RS256, "rsa-1");
@@ -384,6 +390,7 @@ async fn every_token_attack_is_refused_before_the_upstream() {
     // The gateway is still fine, and the log never holds a token.
     assert_ok(&get(&s.gw, "/api/v1/models", &real).await);
     let log = s.gw.stderr();
+    assert!(log.lines().count() > 10, "the gateway logged at debug level: {log}");
     assert!(!log.contains(parts[2]), "a token signature is in the log");
 }
 

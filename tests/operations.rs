@@ -144,8 +144,9 @@ async fn a_reload_swaps_keys_while_a_slow_request_completes() {
 
     // A request that takes 2 s upstream, started before the reload.
     let addr = s.gw.addr;
+    let hits = s.upstream.hits();
     let slow = tokio::spawn(async move { send(addr, "GET", "/slow", &[("X-API-Key", KEY_A)]).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::eventually("the slow request reached the upstream", || s.upstream.hits() > hits).await;
 
     // Revoke key a, add key b, reload.
     let text =
@@ -230,10 +231,9 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_right_after() {
     let request = format!("GET /x HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {KEY_A}\r\n\r\n");
     idle.write_all(request.as_bytes()).await.unwrap();
     assert_eq!(common::read_response(&mut idle).await.status, 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::eventually("the slow request reached the upstream", || s.upstream.hits() == 2).await;
     s.gw.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after SIGTERM");
+    common::eventually("the listener closed after SIGTERM", || common::refuses(addr)).await;
     // The idle keep-alive connection was closed rather than kept for another request.
     let mut rest = Vec::new();
     let closed =
@@ -259,8 +259,11 @@ async fn shutdown_delay_keeps_serving_while_readiness_fails() {
     assert_eq!(send(s.admin, "GET", "/readyz", &[]).await.status, 200);
     let sent = Instant::now();
     s.gw.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let ready = send(s.admin, "GET", "/readyz", &[]).await;
+    let mut ready = send(s.admin, "GET", "/readyz", &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while ready.status == 200 && Instant::now() < deadline {
+        ready = send(s.admin, "GET", "/readyz", &[]).await;
+    }
     assert_eq!(ready.status, 503);
     assert_eq!(ready.json()["status"], "draining");
     // New connections are still accepted and served during the delay.
@@ -366,8 +369,8 @@ async fn a_reload_reopens_log_files_rotated_away() {
     std::fs::rename(&s.audit, &rotated).unwrap();
     s.gw.signal("HUP");
     wait_metric(s.admin, r#"portcullis_config_reloads_total{result="success"}"#, "1").await;
-    // The writer looks for a reopen each time it wakes (every 10 ms at most).
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The writer reopens the next time it wakes (every 10 ms at most): the file is back.
+    common::eventually("the audit log reopened", || s.audit.exists()).await;
     assert_eq!(status(&s.gw, "/x", KEY_B).await, 401);
     // The new file gets the lines from now on; the rotated one keeps the old ones (and perhaps
     // config_reloaded, written as the reopen was asked for).

@@ -52,8 +52,18 @@ impl Gateway {
         Self::start_from(|addr| format!("{config}\n[[listener]]\naddress = \"{addr}\"\n{listener_keys}\n")).await
     }
 
+    /// Like [`Gateway::start`], with the gateway's log (`RUST_LOG`) at `level` instead of `warn`.
+    pub async fn start_logging(config: &str, level: &str) -> Gateway {
+        let make = |addr| format!("{config}\n[[listener]]\naddress = \"{addr}\"\n");
+        Self::spawn(&make, level).await
+    }
+
     /// Starts the gateway with the config `make(listen_address)` returns.
     pub async fn start_from(make: impl Fn(SocketAddr) -> String) -> Gateway {
+        Self::spawn(&make, "warn").await
+    }
+
+    async fn spawn(make: &dyn Fn(SocketAddr) -> String, log_level: &str) -> Gateway {
         let mut last_error = String::new();
         // A port of this process's block may still be taken by another program: retry.
         for _ in 0..3 {
@@ -67,7 +77,7 @@ impl Gateway {
                 .arg("run")
                 .arg("-c")
                 .arg(&file)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", log_level)
                 .stdout(Stdio::null())
                 .stderr(stderr)
                 .spawn()
@@ -163,6 +173,32 @@ pub fn reserve_addr() -> SocketAddr {
             return addr;
         }
     }
+}
+
+/// Waits until `done()` holds (checked every 10 ms), failing the test after 10 s with `what`:
+/// how a test waits on an observable event instead of sleeping for a guess.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "not after 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits, if needed, until the current `period`-second window has at least `margin` left, so
+/// a test's requests all fall into one window. Windows are aligned to the clock: this is
+/// alignment with the wall clock, not synchronisation with the gateway.
+pub async fn within_one_window(period: u64, margin: Duration) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let left = Duration::from_millis(period * 1000 - now % (period * 1000));
+    if left < margin {
+        tokio::time::sleep(left + Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether nothing accepts connections on `addr` any more.
+pub fn refuses(addr: SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
 }
 
 /// Whether the process `pid` holds a socket listening on `addr`: /proc/net/tcp names the
