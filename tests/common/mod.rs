@@ -466,6 +466,8 @@ pub async fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str
 pub fn assert_error(resp: &RawResponse, status: u16, code: &str) {
     assert_eq!(resp.status, status, "body: {}", String::from_utf8_lossy(&resp.body));
     assert_eq!(resp.header("content-type"), Some("application/json"));
+    // An error is about this request only: no cache keeps it (a 401 served to the next caller).
+    assert_eq!(resp.header("cache-control"), Some("no-store"), "Cache-Control of a {status}");
     let body = resp.json();
     assert_eq!(body["error"]["code"], code, "body: {body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
