@@ -449,7 +449,7 @@ fn describe_route(rt: &crate::pipeline::Runtime, req: &RequestHeader, route_id: 
             writeln!(out, "             failed authentications: {}/{}s per client address", rate.count, rate.period);
     }
     let cors = match (&rt.cors, route.cors) {
-        (Some(cors), true) => match (req.headers.get(http::header::ORIGIN), cors.allow_origin(&req)) {
+        (Some(cors), true) => match (req.headers.get(http::header::ORIGIN), cors.allow_origin(req)) {
             (None, _) => "answered by the gateway ([cors])".to_string(),
             (Some(_), Some(allowed)) => {
                 format!("answered by the gateway ([cors]); this origin may read the response (Access-Control-Allow-Origin: {})", allowed.to_str().unwrap_or(""))
@@ -476,7 +476,7 @@ fn explain_credential(
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let mut quota = None;
     let verified = runtime.block_on(async {
-        let check = admit::authorize(rt, req, None, &mut admission, &mut quota, unix_now);
+        let check = admit::authorize(rt, req, None, &mut admission, &mut quota, crate::pipeline::ratelimit::unix_now);
         tokio::time::timeout(std::time::Duration::from_secs(2), check).await
     });
     let Ok(verdict) = verified else {
@@ -506,11 +506,6 @@ fn explain_credential(
             Ok((out, false))
         }
     }
-}
-
-/// Seconds since the epoch, as the gateway's rate-limit windows count them.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn kind_name(method: &str) -> &str {

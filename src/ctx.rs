@@ -76,11 +76,6 @@ impl RequestCtx {
         }
     }
 
-    /// The request id, once admission began.
-    pub fn request_id(&self) -> Option<&http::HeaderValue> {
-        self.admission.as_ref().map(|a| &a.request_id)
-    }
-
     /// The matched route, once routed.
     pub fn route(&self) -> Option<&crate::pipeline::route::Route> {
         Some(self.runtime.routes.get(self.admission.as_ref()?.route?))

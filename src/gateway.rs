@@ -18,7 +18,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -34,6 +33,7 @@ use crate::logs::exchange::{self, Exchange};
 use crate::logs::Logs;
 use crate::metrics::METRICS;
 use crate::pipeline::admit::{self, Admission, Routing};
+use crate::pipeline::ratelimit::unix_now;
 use crate::pipeline::upstream::Targets;
 use crate::pipeline::{body, echo, forward, respond, Runtime};
 use crate::tls::ClientCertificate;
@@ -171,11 +171,6 @@ impl Gateway {
         let fwd = forward::Forwarding::of(&ctx.runtime, admission, scheme)?;
         forward::prepare_upstream_request(upstream_request, &ctx.runtime.trusted_proxies, &fwd)
     }
-}
-
-/// Seconds since the epoch: the clock rate-limit windows are aligned to.
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[async_trait]
@@ -329,27 +324,22 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let refusal = match (ctx.response.refusal.clone(), classify(e)) {
-            (Some(ours), _) => Some(ours),
-            (None, theirs) => theirs,
-        };
-        let Some(refusal) = refusal else {
+        // Ours (a body over the limit), else what the upstream's failure means; none: the
+        // client is gone.
+        let ours = ctx.response.refusal.take();
+        let recorded = ours.is_some();
+        let Some(refusal) = ours.or_else(|| classify(e)) else {
             return FailToProxy { error_code: 0, can_reuse_downstream: false };
         };
         let status = refusal.status().as_u16();
         if session.response_written().is_none() {
             // The request may be half-read (a body cut off at the limit): never reuse.
             session.set_keepalive(None);
-            let request_id = respond::request_id(ctx.admission.as_ref());
-            let response = refusal.to_response(&ctx.runtime.request_id_header, request_id);
-            ctx.response.refusal = Some(refusal);
-            let written = async {
-                let (resp, body) = response?;
-                self.answer(session, ctx, resp, Some(body), true).await
-            };
-            if let Err(write_error) = written.await {
+            if let Err(write_error) = self.refuse(session, ctx, refusal).await {
                 tracing::debug!(error = %write_error, "could not send the error response");
             }
+        } else if recorded {
+            ctx.response.refusal = Some(refusal);
         }
         FailToProxy { error_code: status, can_reuse_downstream: false }
     }

@@ -4,8 +4,7 @@
 //! 2. [`host`]: the host allow-list (400 / 421).
 //! 3. [`path`]: one canonical path (400 `BAD_PATH`).
 //! 4. [`route`]: host, longest path prefix, method (404 / 405); a CORS preflight is routed by the
-//!    method it asks about ([`admit`] puts path, query and route together, for the gateway and
-//!    `portcullis explain` alike).
+//!    method it asks about.
 //! 5. [`cors`]: preflights answered at the edge (204 / 403 `CORS_REJECTED`).
 //! 6. [`body`]: request body limits (413).
 //! 7. [`client`]: the client address, through trusted proxies.
@@ -16,8 +15,11 @@
 //! 10. [`upstream`]: target choice, or [`echo`] for `builtin:echo` (502 / 504).
 //! 11. [`forward`]: header hygiene, forwarding and identity headers.
 //!
+//! [`admit`] runs stages 1 to 9 in this order, for the gateway and `portcullis explain` alike:
+//! `admit::route` (1-6) and `admit::authorize` (8-9), over the [`Runtime`] they all read.
+//!
 //! On the way back, every response (the upstream's or the gateway's own) gets the request id,
-//! the CORS headers ([`cors`]) and the rate-limit headers ([`ratelimit`]).
+//! the CORS headers ([`cors`]) and the rate-limit headers ([`ratelimit`]): [`respond`].
 
 pub mod admit;
 pub mod auth;

@@ -34,6 +34,11 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::GatewayError;
 use window::{Counted, WindowCounter};
+/// Seconds since the epoch: the clock windows are aligned to.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// The most policies one route may name (config validation refuses more).
 pub const MAX_POLICIES_PER_ROUTE: usize = 8;
 
