@@ -102,6 +102,7 @@ pub fn build_server(
     path: &std::path::Path,
     logs: Arc<Logs>,
     upgrade: bool,
+    drained: std::sync::mpsc::Sender<()>,
 ) -> Result<(Server, SharedRuntime), StartError> {
     let process = &config.process;
     let conf = ServerConf {
@@ -193,7 +194,7 @@ pub fn build_server(
     let reloader = reload::Reloader::new(path.to_path_buf(), config, runtime.clone(), logs.clone());
     server.add_service(pingora::services::background::background_service("reload", reloader));
     // Exits once a graceful stop has drained every client connection.
-    let drain = shutdown::DrainMonitor::new(logs.clone());
+    let drain = shutdown::DrainMonitor::new(logs.clone(), drained);
     server.add_service(pingora::services::background::background_service("drain", drain));
     if let Some(address) = process.admin {
         let mut admin = Service::new("portcullis admin".to_string(), admin::AdminApp::new(runtime.clone()));
@@ -211,21 +212,32 @@ pub fn build_server(
 /// With `upgrade`, the listening sockets are taken over from the running gateway that is sent
 /// `SIGQUIT` (Pingora's graceful upgrade): no connection is refused across the swap.
 ///
-/// Returns once a graceful stop is over.
+/// Returns once a graceful stop is over: when the last client connection has closed, or at the
+/// end of the grace period (what is left of Pingora's runtimes is not waited for).
 pub fn run(config: Config, path: &std::path::Path, upgrade: bool) -> Result<(), StartError> {
     let logs = Arc::new(open_logs(&config).map_err(StartError::Logs)?);
     if let Some(sink) = &logs.audit {
         logs::audit::config_loaded(sink, &config.files);
     }
     raise_open_files_limit(&config.process);
-    let (server, _runtime) = build_server(&config, path, logs, upgrade)?;
+    let (done, stopped) = std::sync::mpsc::channel();
+    let (server, _runtime) = build_server(&config, path, logs, upgrade, done.clone())?;
     for listener in &config.process.listeners {
         tracing::info!(address = %listener.address, h2c = listener.h2c, tls = listener.tls.is_some(), "listening");
     }
     if let Some(address) = config.process.admin {
         tracing::info!(%address, "admin listener: /metrics, /healthz, /readyz");
     }
-    server.run(RunArgs { shutdown_signal: Box::new(shutdown::Signals::new(config.process.shutdown_delay)) });
+    let signals = shutdown::Signals::new(config.process.shutdown_delay);
+    std::thread::Builder::new()
+        .name("pingora".into())
+        .spawn(move || {
+            server.run(RunArgs { shutdown_signal: Box::new(signals) });
+            let _ = done.send(());
+        })
+        .map_err(|e| StartError::Listener(format!("cannot start the server thread: {e}")))?;
+    // Drained, or Pingora's own stop is over.
+    let _ = stopped.recv();
     Ok(())
 }
 

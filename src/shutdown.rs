@@ -109,15 +109,17 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Exits the process once Pingora's graceful stop has begun and no client connection is left.
+/// Says the gateway is done once Pingora's graceful stop has begun and no client connection is
+/// left, rather than at the end of the grace period: [`crate::run`] then returns.
 pub struct DrainMonitor {
     logs: Arc<Logs>,
+    drained: std::sync::mpsc::Sender<()>,
 }
 
 impl DrainMonitor {
-    /// A monitor that flushes `logs` before it exits.
-    pub fn new(logs: Arc<Logs>) -> Self {
-        DrainMonitor { logs }
+    /// A monitor that flushes `logs`, then sends on `drained`.
+    pub fn new(logs: Arc<Logs>, drained: std::sync::mpsc::Sender<()>) -> Self {
+        DrainMonitor { logs, drained }
     }
 }
 
@@ -161,6 +163,6 @@ impl BackgroundService for DrainMonitor {
         let logs = self.logs.clone();
         let _ = tokio::task::spawn_blocking(move || logs.flush(LOG_FLUSH_TIMEOUT)).await;
         tracing::info!("drained: every connection is closed; exiting");
-        std::process::exit(0);
+        let _ = self.drained.send(());
     }
 }
