@@ -37,6 +37,8 @@ enum Jwks {
     Status(u16),
     Garbage,
     Slow,
+    /// A redirect to this location.
+    Redirect(String),
 }
 
 /// A local IdP serving a JWKS document the test can change.
@@ -62,6 +64,7 @@ impl Idp {
                         f.fetch_add(1, Ordering::SeqCst);
                         let mode = m.lock().unwrap().clone();
                         async move {
+                            let mut location = None;
                             let (status, body) = match mode {
                                 Jwks::Serve(doc) => (200, doc),
                                 Jwks::Status(code) => (code, "{}".to_string()),
@@ -70,10 +73,16 @@ impl Idp {
                                     tokio::time::sleep(Duration::from_secs(10)).await;
                                     (200, "{}".to_string())
                                 }
+                                Jwks::Redirect(to) => {
+                                    location = Some(to);
+                                    (302, String::new())
+                                }
                             };
-                            Ok::<_, Infallible>(
-                                Response::builder().status(status).body(Full::new(Bytes::from(body))).unwrap(),
-                            )
+                            let mut response = Response::builder().status(status);
+                            if let Some(to) = location {
+                                response = response.header(hyper::header::LOCATION, to);
+                            }
+                            Ok::<_, Infallible>(response.body(Full::new(Bytes::from(body))).unwrap())
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -740,4 +749,289 @@ permissions = ["admin"]
         }
     }
     assert_eq!(upstream.hits(), 3);
+}
+
+/// Retries `token` until it is answered 200 (a key set the gateway fetches in the background),
+/// every refusal meanwhile being a 401; fails after 10 s.
+async fn until_accepted(gw: &Gateway, token: &str, what: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = get(gw, "/api/v1/models", token).await;
+        if resp.status == 200 {
+            return resp.json();
+        }
+        assert_401(&resp, INVALID_TOKEN);
+        assert!(Instant::now() < deadline, "not accepted after 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A JWKS document holding `key`, padded with an ignored member to exactly `size` bytes.
+fn padded_jwks(key: &SigningKey, size: usize) -> String {
+    let doc = jwks(&[key]);
+    let open = &doc[..doc.len() - 1];
+    let unpadded = format!(r#"{open},"padding":""}}"#);
+    let padded = format!(r#"{open},"padding":"{}"}}"#, "x".repeat(size - unpadded.len()));
+    assert_eq!(padded.len(), size);
+    padded
+}
+
+/// `MAX_JWKS_BYTES`: a document of exactly 512 KiB is read; one byte more and the fetch fails,
+/// is logged, and the issuer's tokens are refused.
+#[tokio::test]
+async fn a_jwks_document_over_512_kib_is_refused() {
+    let k1 = SigningKey::generate(Algorithm::ES256, "k1");
+    let token = k1.sign(&claims("https://idp.test/", "registry"));
+
+    let at_cap = Idp::start(Jwks::Serve(padded_jwks(&k1, 512 * 1024))).await;
+    let upstream = Upstream::start("api").await;
+    let gw = remote(&at_cap.url(), &upstream, "").await;
+    until_accepted(&gw, &token, "a 512 KiB key set").await;
+    assert_eq!(upstream.hits(), 1);
+
+    let over = Idp::start(Jwks::Serve(padded_jwks(&k1, 512 * 1024 + 1))).await;
+    let upstream = Upstream::start("api").await;
+    let gw = remote(&over.url(), &upstream, "").await;
+    common::eventually("the failed fetch of the oversize key set is logged", || {
+        let log = gw.stderr();
+        log.contains("JWKS fetch failed") && log.contains("is larger than 512 KiB")
+    })
+    .await;
+    assert_eq!(over.fetches(), 1);
+    for _ in 0..3 {
+        assert_401(&get(&gw, "/api/v1/models", &token).await, INVALID_TOKEN);
+    }
+    assert_eq!(upstream.hits(), 0, "a token of a key set over the cap reached the upstream");
+}
+
+/// A JWKS URL that redirects (here to a valid key set) is not followed: the fetch fails, and
+/// the issuer's tokens are refused.
+#[tokio::test]
+async fn a_jwks_redirect_is_not_followed() {
+    let k1 = SigningKey::generate(Algorithm::RS256, "k1");
+    let elsewhere = Idp::start(Jwks::Serve(jwks(&[&k1]))).await;
+    let redirecting = Idp::start(Jwks::Redirect(elsewhere.url())).await;
+    let upstream = Upstream::start("api").await;
+    let gw = remote(&redirecting.url(), &upstream, "").await;
+    common::eventually("the failed fetch is logged", || {
+        let log = gw.stderr();
+        log.contains("JWKS fetch failed") && log.contains("answered HTTP 302")
+    })
+    .await;
+    let token = k1.sign(&claims("https://idp.test/", "registry"));
+    for _ in 0..3 {
+        assert_401(&get(&gw, "/api/v1/models", &token).await, INVALID_TOKEN);
+    }
+    assert_eq!(redirecting.fetches(), 1);
+    assert_eq!(elsewhere.fetches(), 0, "the redirect was followed");
+    assert_eq!(upstream.hits(), 0);
+}
+
+/// `require_exp = false` accepts a token without `exp`; by default such a token is refused. A
+/// token that has one is still held to it.
+#[tokio::test]
+async fn require_exp_false_accepts_tokens_without_exp() {
+    let upstream = Upstream::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hmac.secret");
+    std::fs::write(&secret, HMAC_SECRET).unwrap();
+    let issuers = format!(
+        "{}\n{}",
+        hs_issuer("lenient", "lenient", &secret, "require_exp = false"),
+        hs_issuer("strict", "strict", &secret, "")
+    );
+    let gw = Gateway::start(&gateway_config(upstream.addr, &format!("{ROUTES}\n{issuers}"))).await;
+    // No `exp` member at all (`"exp": null` is a malformed claim, not a missing one).
+    let without_exp = |iss: &str| {
+        let mut c = claims(iss, "registry");
+        c.as_object_mut().unwrap().remove("exp");
+        hs256(&c)
+    };
+
+    let body = assert_ok(&get(&gw, "/api/v1/models", &without_exp("lenient")).await);
+    assert_eq!(body["headers"]["x-auth-issuer"], json!(["lenient"]));
+    assert_eq!(body["headers"]["x-auth-subject"], json!(["user-42"]));
+    // The default: refused, and so is an expired token of the lenient issuer.
+    assert_401(&get(&gw, "/api/v1/models", &without_exp("strict")).await, INVALID_TOKEN);
+    let expired = hs256(&with(claims("lenient", "registry"), "exp", json!(now() - 120)));
+    assert_401(&get(&gw, "/api/v1/models", &expired).await, INVALID_TOKEN);
+    assert_ok(&get(&gw, "/api/v1/models", &hs256(&claims("strict", "registry"))).await);
+    assert_eq!(upstream.hits(), 2);
+}
+
+/// `token_cache_size = 0` turns the cache off: every token is verified on every request, the
+/// same token accepted each time, and a key rotated out of the JWKS refuses its tokens.
+#[tokio::test]
+async fn with_the_token_cache_off_every_request_is_verified() {
+    let k1 = SigningKey::generate(Algorithm::RS256, "k1");
+    let k2 = SigningKey::generate(Algorithm::ES256, "k2");
+    let idp = Idp::start(Jwks::Serve(jwks(&[&k1]))).await;
+    let upstream = Upstream::start("api").await;
+    let gw = Gateway::start(&gateway_config(
+        upstream.addr,
+        &format!(
+            r#"{ROUTES}
+[auth]
+token_cache_size = 0
+
+[[auth.jwt]]
+name = "idp"
+issuer = "https://idp.test/"
+audiences = ["registry"]
+algorithms = ["RS256", "ES256"]
+jwks_url = "{}"
+jwks_min_refresh_interval = "1s"
+jwks_refresh_interval = "1h"
+"#,
+            idp.url()
+        ),
+    ))
+    .await;
+    let c = claims("https://idp.test/", "registry");
+    let old = k1.sign(&c);
+    until_accepted(&gw, &old, "the first key set").await;
+    for _ in 0..3 {
+        assert_eq!(assert_ok(&get(&gw, "/api/v1/models", &old).await)["headers"]["x-auth-subject"], json!(["user-42"]));
+    }
+    // The same claims under another key the gateway does not have: refused every time.
+    let forged = SigningKey::generate(Algorithm::RS256, "k1").sign(&c);
+    for _ in 0..2 {
+        assert_401(&get(&gw, "/api/v1/models", &forged).await, INVALID_TOKEN);
+    }
+    // The IdP rotates k1 out; a k2 token brings the new set (after the min interval).
+    idp.set(Jwks::Serve(jwks(&[&k2])));
+    until_accepted(&gw, &k2.sign(&c), "the rotated key set").await;
+    assert_401(&get(&gw, "/api/v1/models", &old).await, INVALID_TOKEN);
+    assert_eq!(upstream.hits(), 5);
+}
+
+/// A gateway allowing 2 failed authentications a minute per client, with HS256 issuers whose
+/// tokens `hs256` signs (`local`, and `second` when `issuers` is 2, so that `iss` picks one
+/// before any signature work), and the access log in `dir/access.log`.
+async fn auth_failure_limited(upstream: &Upstream, dir: &std::path::Path, issuers: usize) -> Gateway {
+    let secret = dir.join("hmac.secret");
+    std::fs::write(&secret, HMAC_SECRET).unwrap();
+    let mut auth = hs_issuer("local", "local", &secret, "");
+    if issuers == 2 {
+        auth.push_str(&hs_issuer("second", "https://second.idp.test/", &secret, ""));
+    }
+    Gateway::start(&format!(
+        r#"
+[server]
+allowed_hosts = ["localhost"]
+auth_failure_limit = "2/minute"
+
+[log]
+access = "{access}"
+
+[[upstream]]
+name = "api"
+targets = ["{addr}"]
+{ROUTES}
+{auth}
+"#,
+        access = dir.join("access.log").display(),
+        addr = upstream.addr,
+    ))
+    .await
+}
+
+/// What each access-log line says of its request, once there are `n`: the error code and the
+/// reason (`ok` for a request served).
+fn logged_reasons(dir: &std::path::Path, n: usize) -> Vec<String> {
+    let lines = common::wait_json_lines(&dir.join("access.log"), n);
+    assert_eq!(lines.len(), n, "{lines:?}");
+    lines
+        .iter()
+        .map(|l| match (l["error"].as_str(), l["reason"].as_str()) {
+            (None, _) => "ok".to_string(),
+            (Some(error), reason) => format!("{error} {}", reason.unwrap_or("-")),
+        })
+        .collect()
+}
+
+/// Not guesses (`AuthFailure::is_guess`): no credential, an expired token, a token not valid
+/// yet (`nbf`, or `iat` in the future). However many, they stay 401 and never bring the
+/// failed-authentication limit's 429.
+#[tokio::test]
+async fn missing_expired_and_not_yet_valid_tokens_do_not_count_as_failed_authentications() {
+    let upstream = Upstream::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = auth_failure_limited(&upstream, dir.path(), 1).await;
+    common::within_one_window(60, Duration::from_secs(10)).await;
+    let good = claims("local", "registry");
+    let expired = hs256(&with(good.clone(), "exp", json!(now() - 120)));
+    let not_before = hs256(&with(good.clone(), "nbf", json!(now() + 3600)));
+    let issued_later = hs256(&with(good.clone(), "iat", json!(now() + 3600)));
+    for _ in 0..3 {
+        assert_401(&send(&gw, "/api/v1/models", "").await, r#"Bearer realm="portcullis""#);
+        for token in [&expired, &not_before, &issued_later] {
+            assert_401(&get(&gw, "/api/v1/models", token).await, INVALID_TOKEN);
+        }
+    }
+    // Twelve failures, nine with a token, against a limit of two: a valid token still passes.
+    assert_ok(&get(&gw, "/api/v1/models", &hs256(&good)).await);
+    assert_eq!(upstream.hits(), 1);
+    let reasons = logged_reasons(dir.path(), 13);
+    let round = [
+        "AUTHENTICATION_FAILED missing",
+        "AUTHENTICATION_FAILED expired",
+        "AUTHENTICATION_FAILED not_yet_valid",
+        "AUTHENTICATION_FAILED not_yet_valid",
+    ];
+    assert_eq!(reasons[..12], round.repeat(3)[..], "{reasons:?}");
+    assert_eq!(reasons[12], "ok");
+}
+
+/// Two failures that look like guesses, then the third request from that address is 429
+/// `auth_failures` without its (valid) credential being looked at.
+async fn two_guesses_then_429(
+    gw: &Gateway,
+    upstream: &Upstream,
+    dir: &std::path::Path,
+    guesses: [String; 2],
+    reason: &str,
+) {
+    let good = hs256(&claims("local", "registry"));
+    assert_ok(&get(gw, "/api/v1/models", &good).await);
+    for guess in &guesses {
+        assert_401(&get(gw, "/api/v1/models", guess).await, INVALID_TOKEN);
+    }
+    let blocked = get(gw, "/api/v1/models", &good).await;
+    assert_error(&blocked, 429, "RATE_LIMITED");
+    assert_eq!(blocked.json()["error"]["details"]["policy"], "auth_failures");
+    assert!(blocked.header("retry-after").is_some());
+    assert_eq!(upstream.hits(), 1, "the request after two guesses reached the upstream");
+    let failed = format!("AUTHENTICATION_FAILED {reason}");
+    let reasons = logged_reasons(dir, 4);
+    assert_eq!(reasons[..3], ["ok", failed.as_str(), failed.as_str()], "{reasons:?}");
+    assert!(reasons[3].starts_with("RATE_LIMITED"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn two_bad_signatures_bring_the_failed_authentication_limit() {
+    let upstream = Upstream::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = auth_failure_limited(&upstream, dir.path(), 1).await;
+    common::within_one_window(60, Duration::from_secs(10)).await;
+    let forge = |jti: &str| {
+        let secret = EncodingKey::from_secret(b"a-guessed-secret-that-is-long-enough-0123");
+        encode(&Header::new(Algorithm::HS256), &with(claims("local", "registry"), "jti", json!(jti)), &secret).unwrap()
+    };
+    two_guesses_then_429(&gw, &upstream, dir.path(), [forge("1"), forge("2")], "bad_signature").await;
+}
+
+#[tokio::test]
+async fn two_tokens_of_an_unknown_issuer_bring_the_failed_authentication_limit() {
+    // With several issuers `iss` is refused before any signature work; with one, after it.
+    for issuers in [2, 1] {
+        let upstream = Upstream::start("api").await;
+        let dir = tempfile::tempdir().unwrap();
+        let gw = auth_failure_limited(&upstream, dir.path(), issuers).await;
+        common::within_one_window(60, Duration::from_secs(10)).await;
+        // Signed with the right secret: only the issuer is wrong.
+        let unknown = |iss: &str| hs256(&claims(iss, "registry"));
+        let guesses = [unknown("https://evil.test/"), unknown("https://other.evil.test/")];
+        two_guesses_then_429(&gw, &upstream, dir.path(), guesses, "unknown_issuer").await;
+    }
 }

@@ -557,6 +557,63 @@ fn bad_certificates_are_refused_naming_the_file() {
     assert!(out.contains("https://127.0.0.1:0 (TLS 1.2+; certificates: localhost)"), "{out}");
 }
 
+/// A self-signed server certificate for `names` (none: no subjectAltName extension at all),
+/// valid from `not_before` to `not_after` (year, month, day).
+fn self_signed(names: &[&str], not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> Pair {
+    use rcgen::{date_time_ymd, CertificateParams, DistinguishedName, DnType, KeyPair};
+    let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, "localhost");
+    params.not_before = date_time_ymd(not_before.0, not_before.1, not_before.2);
+    params.not_after = date_time_ymd(not_after.0, not_after.1, not_after.2);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Pair { cert: cert.pem(), key: key.serialize_pem() }
+}
+
+/// A certificate that is not valid yet, and one without subject alternative names (a CN alone,
+/// which no current client matches), are refused by `check` and at start, naming the file,
+/// where the same certificate with a SAN and a current validity passes.
+#[test]
+fn not_yet_valid_and_san_less_certificates_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (future_cert, future_key) = self_signed(&["localhost"], (2100, 1, 1), (2101, 1, 1)).write(dir.path(), "future");
+    let (no_san_cert, no_san_key) = self_signed(&[], (2024, 1, 1), (2040, 1, 1)).write(dir.path(), "no-san");
+    let (good_cert, good_key) = self_signed(&["localhost"], (2024, 1, 1), (2040, 1, 1)).write(dir.path(), "good");
+    // What the files hold is what the test says.
+    let parse = |path: &Path| X509::from_pem(&std::fs::read(path).unwrap()).unwrap();
+    assert!(parse(&no_san_cert).subject_alt_names().is_none());
+    assert!(parse(&good_cert).subject_alt_names().is_some());
+    assert!(parse(&future_cert).not_before() > openssl::asn1::Asn1Time::days_from_now(0).unwrap());
+    let config = |cert: &Path, key: &Path| {
+        format!(
+            "[server]\nallowed_hosts = [\"localhost\"]\n[[upstream]]\nname = \"api\"\ntargets = [\"builtin:echo\"]\n\
+             [[route]]\npath = \"/\"\nupstream = \"api\"\nauth = \"none\"\n\
+             [[listener]]\naddress = \"127.0.0.1:0\"\n[listener.tls]\n[[listener.tls.certificate]]\n\
+             cert = \"{}\"\nkey = \"file:{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let file = dir.path().join("gateway.toml");
+    for (cert, key, words) in
+        [(&future_cert, &future_key, "is not valid before"), (&no_san_cert, &no_san_key, "subject alternative name")]
+    {
+        std::fs::write(&file, config(cert, key)).unwrap();
+        for command in ["check", "run"] {
+            let (code, _, err) = run_cli(&[command, "-c", file.to_str().unwrap()], None);
+            assert_eq!(code, 78, "{command} {words}: {err}");
+            let name = cert.file_name().unwrap().to_str().unwrap();
+            assert!(err.contains("listener[0].tls.certificate[0]") && err.contains(name), "{command}: {err}");
+            assert!(err.contains(words), "{command}: {err}");
+        }
+    }
+    std::fs::write(&file, config(&good_cert, &good_key)).unwrap();
+    let (code, out, err) = run_cli(&["check", "-c", file.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("certificates: localhost"), "{out}");
+}
+
 /// An HTTPS upstream on loopback presenting `pair`, answering every request with 200 "secure".
 async fn tls_upstream(pair: &Pair) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use openssl::pkey::PKey;
