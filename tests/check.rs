@@ -199,6 +199,68 @@ fn production_refuses_unsafe_settings_one_by_one() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// What production refuses besides the table above: the `null` origin, a secret that is one
+/// byte repeated, a TLS key others can read, and a configuration others can rewrite.
+#[test]
+fn production_refuses_null_origins_weak_secrets_and_files_others_can_touch() {
+    use std::os::unix::fs::PermissionsExt;
+    let production = production();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let refused = |text: &str, key: &str, problem: &str| {
+        let (code, _, err) = check(text);
+        assert_eq!(code, 78, "{key} was accepted in production");
+        assert!(err.contains(&format!(": {key}: ")) && err.contains(problem), "{key}: {err}");
+        let (code, _, err) = check(&text.replace("environment = \"production\"", "environment = \"development\""));
+        assert_eq!(code, 0, "{key} is fine in development: {err}");
+    };
+    refused(
+        &format!("{production}\n[cors]\nallowed_origins = [\"https://app.example.com\", \"null\"]\n"),
+        "cors.allowed_origins",
+        "\"null\" origin",
+    );
+    let repeated = write("repeated.secret", &"a".repeat(48), 0o600);
+    refused(
+        &format!(
+            "{production}\n[[auth.jwt]]\nname = \"local\"\nissuer = \"local\"\naudiences = [\"api\"]\n\
+             algorithms = [\"HS256\"]\nsecret = \"file:{}\"\n",
+            repeated.display()
+        ),
+        "auth.jwt[0].secret",
+        "placeholder",
+    );
+    // A TLS key readable by every user (the certificate may be).
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = write("site.pem", &params.self_signed(&key).unwrap().pem(), 0o644);
+    let open_key = write("site.key", &key.serialize_pem(), 0o644);
+    let tls = |key: &Path| {
+        format!(
+            "{production}\n[[listener]]\naddress = \"127.0.0.1:8443\"\n[listener.tls]\n[[listener.tls.certificate]]\n\
+             cert = \"{}\"\nkey = \"file:{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    refused(&tls(&open_key), "listener[1].tls.certificate[0].key", "readable by every user");
+    let closed_key = write("closed.key", &key.serialize_pem(), 0o600);
+    let (code, _, err) = check(&tls(&closed_key));
+    assert_eq!(code, 0, "a key only its owner reads is fine: {err}");
+    // A configuration file every user may rewrite.
+    let config = write("gateway.toml", &production, 0o666);
+    let (code, _, err) = run_cli(&["check", "-c", config.to_str().unwrap()], None);
+    assert_eq!(code, 78, "a world-writable config was accepted: {err}");
+    assert!(err.contains("is writable by every user") && err.contains("chmod o-w"), "{err}");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = run_cli(&["check", "-c", config.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{err}");
+}
+
 #[test]
 fn secrets_come_from_the_systemd_credentials_directory() {
     let dir = tempfile::tempdir().unwrap();
