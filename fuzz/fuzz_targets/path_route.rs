@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use libfuzzer_sys::fuzz_target;
 use pingora::http::RequestHeader;
 use portcullis::config::Runtime;
-use portcullis::pipeline::admit::{self, Routing};
+use portcullis::pipeline::admit::{self, Admission, Routing};
 use portcullis::pipeline::path;
 
 static RUNTIME: LazyLock<std::sync::Arc<Runtime>> = LazyLock::new(|| {
@@ -74,12 +74,12 @@ fuzz_target!(|data: &[u8]| {
                 let _ = req.insert_header("origin", "https://app.example.com");
                 let _ = req.insert_header("access-control-request-method", "POST");
             }
-            if let Ok(routed) = admit::route(&rt.routes, rt.cors.as_ref(), host, &req) {
-                let id = match routed.routing {
-                    Routing::Preflight { route, .. } | Routing::Request { route } => route,
-                };
+            let _ = req.insert_header("host", host);
+            let mut admission = Admission::arrive(rt, &req, std::net::IpAddr::from([127, 0, 0, 1]));
+            let routed = admit::route(rt, &req, None, &mut admission);
+            if let (Ok(Routing::Request | Routing::Preflight { .. }), Some(id)) = (routed, admission.route) {
                 let prefix = &*rt.routes.get(id).path;
-                let c = &*routed.canonical;
+                let c = admission.canonical_path.as_deref().unwrap_or(req.uri.path());
                 let segment_prefix = prefix == "/"
                     || c == prefix
                     || (c.starts_with(prefix) && c.as_bytes().get(prefix.len()) == Some(&b'/'));
