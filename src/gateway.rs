@@ -79,7 +79,10 @@ impl Gateway {
         let admission = admission.insert(Admission::arrive(rt, req, peer));
         let redirect_to = self.edge.redirect_to.filter(|_| tls.is_none());
         let routing = admit::route(rt, req, redirect_to, admission);
-        response.cors = admit::cors_state(rt, req, Some(admission));
+        // A redirect is the listener's, not an API response: no CORS on it.
+        if !matches!(routing, Ok(Routing::Redirect(_))) {
+            response.cors = admit::cors_state(rt, req, Some(admission));
+        }
         match routing? {
             Routing::Request => {}
             other => return Ok(other),
@@ -134,8 +137,9 @@ impl Gateway {
     /// Answers with `error` as JSON, and records it as this request's outcome.
     async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, error: GatewayError) -> Result<()> {
         let request_id = respond::request_id(ctx.admission.as_ref());
-        let (resp, body) = error.to_response(&ctx.runtime.request_id_header, request_id)?;
+        let answer = error.to_response(&ctx.runtime.request_id_header, request_id);
         ctx.response.refusal = Some(error);
+        let (resp, body) = answer?;
         // An unread request body would have to be drained before the connection can be reused:
         // close instead of reading what was refused.
         self.answer(session, ctx, resp, Some(body), true).await

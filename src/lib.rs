@@ -83,6 +83,8 @@ pub enum StartError {
     Logs(String),
     /// A listener cannot be set up, though its configuration validated.
     Listener(String),
+    /// The server stopped by a panic (logged where it happened).
+    Crashed,
 }
 
 impl std::fmt::Display for StartError {
@@ -90,6 +92,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Logs(error) => write!(f, "{error}; check the path and its permissions; nothing was started"),
             StartError::Listener(error) => write!(f, "{error}; nothing was started"),
+            StartError::Crashed => write!(f, "the server stopped on an internal error"),
         }
     }
 }
@@ -229,15 +232,20 @@ pub fn run(config: Config, path: &std::path::Path, upgrade: bool) -> Result<(), 
         tracing::info!(%address, "admin listener: /metrics, /healthz, /readyz");
     }
     let signals = shutdown::Signals::new(config.process.shutdown_delay);
-    std::thread::Builder::new()
+    let pingora = std::thread::Builder::new()
         .name("pingora".into())
         .spawn(move || {
             server.run(RunArgs { shutdown_signal: Box::new(signals) });
             let _ = done.send(());
         })
         .map_err(|e| StartError::Listener(format!("cannot start the server thread: {e}")))?;
-    // Drained, or Pingora's own stop is over.
-    let _ = stopped.recv();
+    // Drained, or Pingora's own stop is over; or nobody is left to say so: the server thread
+    // ended without returning, a panic, which must not read as a clean stop.
+    if stopped.recv().is_err() || pingora.is_finished() {
+        if pingora.join().is_err() {
+            return Err(StartError::Crashed);
+        }
+    }
     Ok(())
 }
 

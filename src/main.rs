@@ -96,7 +96,9 @@ fn main() -> ExitCode {
                             eprintln!("portcullis: {error}");
                             match error {
                                 portcullis::StartError::Logs(_) => ExitCode::from(cli::EXIT_CONFIG),
-                                portcullis::StartError::Listener(_) => ExitCode::from(1),
+                                portcullis::StartError::Listener(_) | portcullis::StartError::Crashed => {
+                                    ExitCode::from(1)
+                                }
                             }
                         }
                     }

@@ -173,7 +173,13 @@ pub async fn authorize(
         caller.identity = admission.principal.as_ref().map(|p| rt.auth.limit_identity(p));
         rt.limits.check(&route.limits_after_auth, &caller, verified, quota)?;
     }
-    rt.auth.authorize(admission.principal.as_ref(), route.credentials.as_ref(), &route.permissions)
+    let authorized = rt.auth.authorize(admission.principal.as_ref(), route.credentials.as_ref(), &route.permissions);
+    // An anonymous caller where the route needs one is a failed authentication too: say what
+    // was presented (nothing, or an unaccepted certificate's absence of a token).
+    if let Err(GatewayError::AuthenticationFailed(_)) = &authorized {
+        admission.presented = Some(rt.auth.presented(&req.headers));
+    }
+    authorized
 }
 
 /// What CORS does to the response of a request: nothing without `[cors]` or on a route that
@@ -387,6 +393,17 @@ path = "/limited"
 upstream = "api"
 auth = "none"
 rate_limits = ["two-per-client"]
+[[route]]
+name = "limited-keyed"
+path = "/limited-keyed"
+upstream = "api"
+rate_limits = ["two-per-client"]
+[[route]]
+name = "optional"
+path = "/optional"
+upstream = "api"
+auth = "optional"
+permissions = ["read_models"]
 "#;
 
     fn keyed() -> std::sync::Arc<Runtime> {
@@ -416,8 +433,8 @@ rate_limits = ["two-per-client"]
         assert!(matches!(outcome, Err(GatewayError::PayloadTooLarge { .. })), "{outcome:?}");
         assert!(admission.route.is_some() && admission.principal.is_none());
         // A plain request on a redirect_https listener: 308 to the https URL, once the host is allowed.
-        let mut admission = Admission::arrive(&rt, &request("GET", "/models?a=1", &[]), "192.0.2.7".parse().unwrap());
         let req = request("GET", "/models?a=1", &[("Host", "localhost")]);
+        let mut admission = Admission::arrive(&rt, &req, "192.0.2.7".parse().unwrap());
         match super::route(&rt, &req, Some(8443), &mut admission) {
             Ok(Routing::Redirect(resp)) => {
                 assert_eq!(resp.status, 308);
@@ -490,6 +507,29 @@ rate_limits = ["two-per-client"]
             matches!(&third, Err(GatewayError::RateLimited { policy, .. }) if &**policy == "two-per-client"),
             "{third:?}"
         );
+        // On a route that needs a caller: two refused for want of a credential use the budget
+        // up (no guesses, so the failed-authentication limit is not what refuses), then even the
+        // right key is refused by the limit, before it is checked.
+        let rt = keyed();
+        let keyed_req = |key: &str| request("GET", "/limited-keyed", &[("Host", "localhost"), ("X-API-Key", key)]);
+        for _ in 0..2 {
+            let outcome = admit(&rt, &request("GET", "/limited-keyed", &[("Host", "localhost")]), at_noon).1;
+            assert_eq!(outcome, Err(GatewayError::AuthenticationFailed(AuthFailure::Missing)));
+        }
+        let (admission, third) = admit(&rt, &keyed_req("pcs_the-right-key"), at_noon);
+        assert!(
+            matches!(&third, Err(GatewayError::RateLimited { policy, .. }) if &**policy == "two-per-client"),
+            "{third:?}"
+        );
+        assert!(admission.principal.is_none(), "the credential was checked past the limit");
+    }
+
+    #[test]
+    fn an_anonymous_caller_refused_for_permissions_is_a_missing_credential() {
+        let rt = keyed();
+        let (admission, outcome) = admit(&rt, &request("GET", "/optional", &[("Host", "localhost")]), at_noon);
+        assert_eq!(outcome, Err(GatewayError::AuthenticationFailed(AuthFailure::Missing)));
+        assert_eq!(admission.presented.map(|p| p.method), Some("none"));
     }
 
     #[test]
