@@ -241,10 +241,8 @@ pub fn run(config: Config, path: &std::path::Path, upgrade: bool) -> Result<(), 
         .map_err(|e| StartError::Listener(format!("cannot start the server thread: {e}")))?;
     // Drained, or Pingora's own stop is over; or nobody is left to say so: the server thread
     // ended without returning, a panic, which must not read as a clean stop.
-    if stopped.recv().is_err() || pingora.is_finished() {
-        if pingora.join().is_err() {
-            return Err(StartError::Crashed);
-        }
+    if (stopped.recv().is_err() || pingora.is_finished()) && pingora.join().is_err() {
+        return Err(StartError::Crashed);
     }
     Ok(())
 }
