@@ -10,8 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{reserve_addr, send, wait_listening, Gateway, Upstream};
-use serde_json::Value;
+use common::{audit_event, audit_events, reserve_addr, send, wait_listening, wait_metric, Gateway, Upstream};
 use sha2::{Digest, Sha256};
 
 const KEY_A: &str = "pcs_aaaa0a9c3b7d2e4f6a8b0c1d2e3f40516273849a5b6c7d8e9f0a1b2c3d4e5f6a";
@@ -82,36 +81,6 @@ rate_limits = ["two"]
 
 async fn status(gw: &Gateway, path: &str, key: &str) -> u16 {
     send(gw.addr, "GET", path, &[("X-API-Key", key)]).await.status
-}
-
-/// The audit log's events so far.
-fn audit_events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-/// Waits for the first audit line of `event` (lines are written by a background thread).
-async fn audit_event(path: &Path, event: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(line) = audit_events(path).into_iter().find(|e| e["event"] == event) {
-            return line;
-        }
-        assert!(Instant::now() < deadline, "no {event} in {}", path.display());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls the admin scrape until `series` reads `value`.
-async fn wait_metric(admin: SocketAddr, series: &str, value: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let scrape = String::from_utf8(send(admin, "GET", "/metrics", &[]).await.body).unwrap();
-        if scrape.lines().any(|l| l.strip_prefix(series).is_some_and(|rest| rest.trim() == value)) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{series} never became {value}:\n{scrape}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 struct Setup {

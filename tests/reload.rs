@@ -14,10 +14,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{assert_error, read_response, reserve_addr, send, wait_listening, Gateway, RawResponse, Upstream};
+use common::{
+    assert_error, audit_event, read_response, reserve_addr, send, wait_listening, wait_metric, Gateway, RawResponse,
+    Upstream,
+};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::Response;
@@ -96,36 +98,6 @@ async fn scrape(admin: SocketAddr) -> String {
 /// The value of `series` in the admin scrape, if it is there.
 async fn metric(admin: SocketAddr, series: &str) -> Option<String> {
     scrape(admin).await.lines().find_map(|l| l.strip_prefix(series).map(|rest| rest.trim().to_string()))
-}
-
-/// Polls the admin scrape until `series` reads `value`.
-async fn wait_metric(admin: SocketAddr, series: &str, value: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = scrape(admin).await;
-        if text.lines().any(|l| l.strip_prefix(series).is_some_and(|rest| rest.trim() == value)) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{series} never became {value}:\n{text}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The audit log's events so far.
-fn audit_events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-/// Waits for the first audit line of `event` (lines are written by a background thread).
-async fn audit_event(path: &Path, event: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(line) = audit_events(path).into_iter().find(|e| e["event"] == event) {
-            return line;
-        }
-        assert!(Instant::now() < deadline, "no {event} in {:?}", audit_events(path));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn upstream_block(name: &str, target: SocketAddr) -> String {

@@ -196,6 +196,36 @@ pub async fn within_one_window(period: u64, margin: Duration) {
     }
 }
 
+/// Polls the admin listener's `/metrics` until `series` reads `value`.
+pub async fn wait_metric(admin: SocketAddr, series: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let scrape = String::from_utf8(send(admin, "GET", "/metrics", &[]).await.body).unwrap();
+        if scrape.lines().any(|l| l.strip_prefix(series).is_some_and(|rest| rest.trim() == value)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} never became {value}:\n{scrape}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The audit log's events so far.
+pub fn audit_events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Waits for the first audit line of `event` (lines are written by a background thread).
+pub async fn audit_event(path: &Path, event: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(line) = audit_events(path).into_iter().find(|e| e["event"] == event) {
+            return line;
+        }
+        assert!(Instant::now() < deadline, "no {event} in {:?}", audit_events(path));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether nothing accepts connections on `addr` any more.
 pub fn refuses(addr: SocketAddr) -> bool {
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
